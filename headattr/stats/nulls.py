@@ -1,0 +1,94 @@
+"""Null baselines and resampling: random top-K overlap, permutation tests, percentile bootstrap."""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy.stats import hypergeom
+
+
+class PermutationResult(NamedTuple):
+    observed: float
+    null: np.ndarray
+    p_value: float
+
+
+def _check_nk(n: int, k: int) -> None:
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got n={n}, k={k}")
+
+
+def random_topk_overlap_expected(n: int, k: int) -> float:
+    """Expected |A ∩ B| / k for two independent uniform k-subsets of n items: exactly k / n."""
+    _check_nk(n, k)
+    return k / n
+
+
+def random_topk_overlap_distribution(n: int, k: int) -> pd.DataFrame:
+    """Full null of the shared count of two random top-k sets out of n: hypergeom(M=n, n=k, N=k).
+
+    Rows j = 0..k with columns n_shared, overlap (= j / k) and pmf.
+    """
+    _check_nk(n, k)
+    j = np.arange(k + 1)
+    return pd.DataFrame({"n_shared": j, "overlap": j / k, "pmf": hypergeom(n, k, k).pmf(j)})
+
+
+def permutation_null(
+    a, b, stat_fn: Callable[[np.ndarray, np.ndarray], float], n_perm: int = 1000, seed: int = 0
+) -> PermutationResult:
+    """One-sided permutation test of stat_fn(a, b), shuffling all elements of b (shape kept).
+
+    p = (1 + #{null >= observed}) / (1 + n_perm); nan if the observed statistic is nan.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    observed = float(stat_fn(a, b))
+    flat = b.ravel()
+    null = np.array([stat_fn(a, rng.permutation(flat).reshape(b.shape)) for _ in range(n_perm)], dtype=float)
+    p = float("nan") if np.isnan(observed) else (1 + int(np.sum(null >= observed))) / (1 + n_perm)
+    return PermutationResult(observed, null, p)
+
+
+def bootstrap_ci(
+    data,
+    stat_fn: Callable[[np.ndarray], float | np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    axis: int = 0,
+) -> tuple:
+    """Percentile bootstrap resampling `data` along `axis` (samples) with replacement.
+
+    Returns (estimate, lo, hi): stat_fn on the full data and the (1 - level)/2 tails of the bootstrap
+    distribution, ignoring nan draws. Works for scalar or array-valued statistics.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    data = np.asarray(data)
+    n = data.shape[axis]
+    rng = np.random.default_rng(seed)
+    estimate = stat_fn(data)
+    draws = np.array([stat_fn(np.take(data, rng.integers(0, n, n), axis=axis)) for _ in range(n_boot)])
+    lo, hi = nan_percentile_interval(draws, level)
+    return estimate, lo, hi
+
+
+def nan_percentile_interval(draws, level: float = 0.95) -> tuple:
+    """(lo, hi) percentiles along axis 0 ignoring nan; nan where every draw is nan (no warning)."""
+    draws = np.asarray(draws, dtype=float)
+    tail = 100 * (1 - level) / 2
+    finite = np.isfinite(draws)
+    filled = np.where(finite, draws, np.nan)
+    if finite.all():
+        lo, hi = np.percentile(filled, [tail, 100 - tail], axis=0)
+    else:
+        any_finite = finite.any(axis=0)
+        safe = np.where(any_finite, filled, 0.0)
+        lo, hi = np.nanpercentile(safe, [tail, 100 - tail], axis=0)
+        lo, hi = np.where(any_finite, lo, np.nan), np.where(any_finite, hi, np.nan)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
