@@ -1,0 +1,1 @@
+"""Data sources (files, datasets, the demo corpus) and tokenization with a target region."""

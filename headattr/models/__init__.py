@@ -1,0 +1,1 @@
+"""Model loading, per-family adapters and head gates."""

@@ -1,0 +1,1 @@
+"""The masked-diffusion (and causal) objective: which positions are scored, and how the loss weighs them."""

@@ -1,0 +1,96 @@
+"""What one sample's loss is: the noised inputs per mask probability, which outputs are read, and weights.
+
+Diffusion objective (per mask probability p, masked positions M inside the target region T):
+- ``mean``:      L_p = sum_{j in M} CE_j / |M|
+- ``inverse_p``: L_p = sum_{j in M} CE_j / (p * |T|)        (LLaDA/Dream ELBO, normalised by target length)
+where CE_j = -log softmax(logits at j - shift)[token_j], shift = 1 for shifted-logit models (Dream), else 0.
+
+Causal objective: the unmasked text, L = mean over target positions j >= 1 of CE(logits at j - 1, token_j).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.samples import Sample
+from ..errors import ConfigError
+from .masking import target_positions
+
+OBJECTIVES = ("diffusion", "causal")
+WEIGHTINGS = ("mean", "inverse_p")
+
+
+@dataclass
+class ScoredInput:
+    """One sample prepared for scoring under several mask probabilities (one row per p).
+
+    Shapes: ``input_ids`` [n_p, pos]; for each p, ``pred_pos[i]`` and ``targets[i]`` are [n_scored_i];
+    ``token_weight`` [n_p] multiplies every CE term of that row.
+    """
+
+    sample_id: str
+    mask_probs: list[float]
+    input_ids: torch.Tensor
+    pred_pos: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    token_weight: torch.Tensor
+
+    @property
+    def n_p(self) -> int:
+        return len(self.mask_probs)
+
+    @property
+    def n_scored(self) -> list[int]:
+        return [int(t.numel()) for t in self.targets]
+
+
+def build_scored_input(
+    sample: Sample,
+    masks: np.ndarray | None,
+    mask_probs,
+    objective: str = "diffusion",
+    weighting: str = "mean",
+    mask_token_id: int | None = None,
+    shift: bool = False,
+) -> ScoredInput:
+    """Noise ``sample`` with ``masks`` ([n_p, pos], from :mod:`headattr.objective.masking`) and list what is scored."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective.kind: {objective!r} is not one of {OBJECTIVES}")
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"objective.weighting: {weighting!r} is not one of {WEIGHTINGS}")
+    ids = torch.as_tensor(sample.input_ids, dtype=torch.long)
+    if objective == "causal":
+        scored = torch.as_tensor(target_positions(sample, shift=True))
+        return ScoredInput(
+            sample_id=sample.sample_id,
+            mask_probs=[1.0],
+            input_ids=ids[None, :].clone(),
+            pred_pos=[scored - 1],
+            targets=[ids[scored]],
+            token_weight=torch.tensor([1.0 / scored.numel()], dtype=torch.float64),
+        )
+    if mask_token_id is None:
+        raise ConfigError("model.mask_token_id: the diffusion objective needs a mask token id")
+    if masks is None or masks.shape != (len(mask_probs), sample.length):
+        raise ValueError(f"sample {sample.sample_id!r}: masks must have shape [n_p, {sample.length}]")
+    n_target = target_positions(sample, shift).size
+    rows, pred_pos, targets, weights = [], [], [], []
+    for p, mask in zip(mask_probs, masks, strict=True):
+        scored = torch.as_tensor(np.flatnonzero(mask))
+        noised = ids.clone()
+        noised[scored] = mask_token_id
+        rows.append(noised)
+        pred_pos.append(scored - int(shift))
+        targets.append(ids[scored])
+        weights.append(1.0 / scored.numel() if weighting == "mean" else 1.0 / (float(p) * n_target))
+    return ScoredInput(
+        sample_id=sample.sample_id,
+        mask_probs=[float(p) for p in mask_probs],
+        input_ids=torch.stack(rows),
+        pred_pos=pred_pos,
+        targets=targets,
+        token_weight=torch.tensor(weights, dtype=torch.float64),
+    )
