@@ -66,9 +66,7 @@ class GateEngine:
         self._selected = True
         return (args[0][rows, pos].unsqueeze(0), *args[1:])
 
-    def losses(
-        self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None
-    ) -> torch.Tensor:
+    def losses(self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None) -> torch.Tensor:
         """Loss of every row, float64 [rows]. ``gates`` is [rows, n_layers, n_heads]."""
         return self._run(scored, row_p, gates, False, describe)[0]
 
@@ -109,11 +107,7 @@ class GateEngine:
         self._gates.gates = g
         self._selection = (sel_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype
-            else nullcontext()
-        )
+        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         try:
             with torch.set_grad_enabled(grad), autocast:
                 out = self.model(**self.adapter.model_inputs(ids))

@@ -59,9 +59,7 @@ def integrated_gradients(
     weighted_velocity = torch.as_tensor(w)[:, None, None, None] * paths.velocity(t)  # [m, Q, L, H]
     ig_paths = torch.einsum("pqklh,kqlh->pqlh", grads, weighted_velocity)  # [n_p, Q, L, H]
 
-    end_rows = torch.cat(
-        [torch.ones(n_p, 1, n_layers, n_heads), paths.start[None].expand(n_p, -1, -1, -1)], 1
-    )
+    end_rows = torch.cat([torch.ones(n_p, 1, n_layers, n_heads), paths.start[None].expand(n_p, -1, -1, -1)], 1)
     end_p = torch.arange(n_p).repeat_interleave(1 + n_q)
     ends = engine.losses(scored, end_p, end_rows.reshape(-1, n_layers, n_heads).float()).reshape(n_p, 1 + n_q)
     return SampleAttribution(

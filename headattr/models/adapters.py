@@ -105,9 +105,7 @@ def detect_family(model: nn.Module, override: str | None = None) -> str:
     """The adapter family of ``model``: ``override`` when given, else from ``config.model_type``."""
     if override:
         if override not in FAMILIES:
-            raise ConfigError(
-                f"model.adapter: unknown adapter {override!r}; choose one of {sorted(FAMILIES)}"
-            )
+            raise ConfigError(f"model.adapter: unknown adapter {override!r}; choose one of {sorted(FAMILIES)}")
         return override
     model_type = str(getattr(getattr(model, "config", None), "model_type", "")).lower()
     if model_type in MODEL_TYPE_TO_FAMILY:

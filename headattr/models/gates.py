@@ -24,8 +24,7 @@ class HeadGates:
         self.adapter = adapter
         self.gates: torch.Tensor | None = None
         self._handles = [
-            proj.register_forward_pre_hook(self._make_hook(layer))
-            for layer, proj in enumerate(adapter.out_projs)
+            proj.register_forward_pre_hook(self._make_hook(layer)) for layer, proj in enumerate(adapter.out_projs)
         ]
 
     def _make_hook(self, layer: int):
