@@ -184,9 +184,7 @@ def test_sample_count_agreement(rng):
     df = hs.sample_count_agreement(x, ns=[1, 5, 100], ks=(5, 10))
     assert list(df["n"]) == [1, 5, 30]
     last = df.iloc[-1]
-    assert (
-        last["pearson"] == pytest.approx(1.0) and last["top5_overlap"] == 1.0 and last["top10_overlap"] == 1.0
-    )
+    assert last["pearson"] == pytest.approx(1.0) and last["top5_overlap"] == 1.0 and last["top10_overlap"] == 1.0
     assert last["diff_mean"] == pytest.approx(0.0) and last["diff_max"] == pytest.approx(0.0)
     row = df.iloc[1]
     sub, full = x[:5].mean(axis=0).ravel(), x.mean(axis=0).ravel()
@@ -214,13 +212,9 @@ def test_cross_seed_planted_bad_layer(rng):
     b = a + 0.05 * rng.normal(size=(L, H))
     bad = 17
     b[bad] = rng.normal(size=H)
-    out = hs.cross_seed_consistency(
-        a, b, ks=(5, 10, 20), depth_bins=[[0, 14], [14, 28]], n_perm=200, n_boot=200
-    )
+    out = hs.cross_seed_consistency(a, b, ks=(5, 10, 20), depth_bins=[[0, 14], [14, 28]], n_perm=200, n_boot=200)
     per_layer = out["per_layer"]
-    np.testing.assert_allclose(
-        per_layer["pearson"], [st.pearsonr(x, y).statistic for x, y in zip(a, b, strict=True)]
-    )
+    np.testing.assert_allclose(per_layer["pearson"], [st.pearsonr(x, y).statistic for x, y in zip(a, b, strict=True)])
     assert out["worst_layers"][0][0] == bad
     assert len(out["worst_layers"]) == len(out["best_layers"]) == 3
     assert out["summary"]["pearson"]["n_above_0.9"] == L - 1
@@ -237,9 +231,7 @@ def test_cross_seed_planted_bad_layer(rng):
     assert list(trend["bin"]) == ["0-14", "14-28"]
     assert trend["pearson"].iloc[1] == pytest.approx(per_layer["pearson"].iloc[14:].mean())
     dist = out["distribution"].set_index("seed")
-    assert dist.loc["a", "median"] == pytest.approx(np.median(a)) and dist.loc["b", "std"] == pytest.approx(
-        b.std()
-    )
+    assert dist.loc["a", "median"] == pytest.approx(np.median(a)) and dist.loc["b", "std"] == pytest.approx(b.std())
 
 
 def test_depth_bins_equal():
@@ -292,9 +284,7 @@ def test_category_differences_planted(rng):
     expected = st.kruskal(*(x[cats == c, 2, 3] for c in ["math", "code", "prose"]))
     assert df.iloc[0]["p_value"] == pytest.approx(expected.pvalue)
     assert df.iloc[0]["range"] == pytest.approx(np.ptp([means[c][2, 3] for c in means]))
-    np.testing.assert_allclose(
-        np.sort(df["q_value"]), np.sort(st.false_discovery_control(df["p_value"].to_numpy()))
-    )
+    np.testing.assert_allclose(np.sort(df["q_value"]), np.sort(st.false_discovery_control(df["p_value"].to_numpy())))
     assert len(hs.category_differences(x, cats)) == 20
 
 

@@ -31,13 +31,15 @@ class TokenizeReport:
         return dict(self.__dict__)
 
 
-def _wrap(tokenizer, ids: list[int]) -> tuple[list[int], int]:
-    """(ids with the tokenizer's special tokens, offset of the first content token)."""
-    full = list(tokenizer.build_inputs_with_special_tokens(list(ids)))
-    for offset in range(0, len(full) - len(ids) + 1):
-        if full[offset : offset + len(ids)] == list(ids):
-            return full, offset
-    return list(ids), 0
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) special tokens the tokenizer adds around one sequence, found by probing it."""
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for offset in range(0, len(full) - len(plain) + 1):
+        if full[offset : offset + len(plain)] == plain:
+            return list(full[:offset]), list(full[offset + len(plain) :])
+    return [], []
 
 
 def tokenize_record(record: dict, tokenizer, chat_template: bool = False, shift: bool = False) -> Sample:
@@ -60,7 +62,8 @@ def tokenize_record(record: dict, tokenizer, chat_template: bool = False, shift:
         p_ids, r_ids = [], tokenizer(text, add_special_tokens=False)["input_ids"]
     if not r_ids:
         raise DataError(f"sample {sid!r}: the target region tokenizes to nothing")
-    ids, offset = _wrap(tokenizer, p_ids + r_ids)
+    prefix, suffix = special_affixes(tokenizer)
+    ids, offset = [*prefix, *p_ids, *r_ids, *suffix], len(prefix)
     if shift and offset == 0:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         if bos is None and not p_ids:
