@@ -266,3 +266,35 @@ def text_records(n: int, seed: int = 0, categories=("a", "b")) -> list[dict]:
             {"id": f"s{i}", "category": categories[i % len(categories)], "prompt": prompt, "response": response}
         )
     return recs
+
+
+def write_tiny_project(root, methods=("per_layer", "joint"), seeds=(1, 2), n_samples=4, steps=2, extra=None):
+    """A tiny random BERT, a jsonl of prompt/response pairs and a config for the workflow, under ``root``."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(root)
+    model_dir = root / "tiny-model"
+    if not model_dir.exists():
+        tiny_bert().save_pretrained(model_dir)
+        make_tokenizer().save_pretrained(model_dir)
+    data = root / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in text_records(8, categories=("a", "b", "c", "d"))))
+    config = {
+        "run": "tiny",
+        "model": {"path": "tiny-model", "device": "cpu"},
+        "data": {"source": "pairs.jsonl", "max_samples": n_samples, "max_len": 48},
+        "seeds": list(seeds),
+        "objective": {"mask_probs": [0.3, 0.7]},
+        "ig": {"methods": list(methods), "steps": steps, "rows_per_pass": 16},
+    }
+    for section, values in (extra or {}).items():
+        config.setdefault(section, {})
+        if isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root / "config.yaml"

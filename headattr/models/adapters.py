@@ -103,11 +103,16 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module | None:
 
 def detect_family(model: nn.Module, override: str | None = None) -> str:
     """The adapter family of ``model``: ``override`` when given, else from ``config.model_type``."""
+    return family_from_config(getattr(model, "config", None), override)
+
+
+def family_from_config(config, override: str | None = None) -> str:
+    """The adapter family named by ``override`` or by a transformers config's ``model_type``."""
     if override:
         if override not in FAMILIES:
             raise ConfigError(f"model.adapter: unknown adapter {override!r}; choose one of {sorted(FAMILIES)}")
         return override
-    model_type = str(getattr(getattr(model, "config", None), "model_type", "")).lower()
+    model_type = str(getattr(config, "model_type", "")).lower()
     if model_type in MODEL_TYPE_TO_FAMILY:
         return MODEL_TYPE_TO_FAMILY[model_type]
     raise ConfigError(

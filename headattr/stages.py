@@ -1,0 +1,121 @@
+"""One function per stage of the workflow DAG, from explicit arguments to files on disk.
+
+Rule scripts call these with ``snakemake.input/params/output``; each writes its outputs atomically, so an
+interrupted stage leaves no file that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .aggregate import aggregate, completeness_table
+from .attribute import AttributionSettings, run_attribution
+from .data.samples import pack_samples, unpack_samples
+from .data.sources import read_table, sample_records, to_records
+from .data.tokenize import tokenize_records
+from .dumps import atomic_write, load_dump, load_npz, save_npz
+from .engine import GateEngine
+from .errors import DataError
+from .objective.masking import draw_masks, pack_masks, unpack_masks
+
+
+def model_family_and_shift(model_cfg: dict) -> tuple[str, bool]:
+    """Adapter family and logit shift from the model's config alone (no weights loaded)."""
+    from .models.adapters import FAMILIES, family_from_config
+    from .models.loading import load_config
+
+    family = family_from_config(load_config(model_cfg["path"], model_cfg["trust_remote_code"]), model_cfg["adapter"])
+    return family, FAMILIES[family].shift_logits
+
+
+def sample_data(source: str, fields: dict, max_samples: int, stratify: bool, seed: int, out: str | Path) -> dict:
+    """Read the source, draw the seeded subset, write it as jsonl (one normalised record per line)."""
+    records = sample_records(to_records(read_table(source), fields), max_samples, seed, stratify)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    categories = sorted({r["category"] for r in records})
+    return {"n_records": len(records), "categories": categories}
+
+
+def tokenize(records_path, model_cfg: dict, max_len: int, length_policy: str, chat_template: bool, out) -> dict:
+    """Tokenize the sampled records with the model's tokenizer; write the packed samples."""
+    from transformers import AutoTokenizer
+
+    _, shift = model_family_and_shift(model_cfg)
+    tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+    records = to_records(read_table(str(records_path)))
+    samples, report = tokenize_records(records, tokenizer, max_len, length_policy, chat_template, shift)
+    save_npz(out, pack_samples(samples), {"tokenize": report.as_dict()})
+    return report.as_dict()
+
+
+def masks(tokens_path, model_cfg: dict, kind: str, mask_probs, mask_mode: str, seed: int, out) -> dict:
+    """Draw the masks every method will score (keyed by seed, sample id and p)."""
+    _, shift = model_family_and_shift(model_cfg)
+    samples = unpack_samples(load_npz(tokens_path))
+    probs = [1.0] if kind == "causal" else list(mask_probs)
+    if kind == "causal":
+        drawn = {s.sample_id: np.zeros((1, s.length), dtype=bool) for s in samples}
+    else:
+        drawn = draw_masks(samples, probs, mask_mode, seed, shift)
+    save_npz(out, pack_masks(samples, drawn, probs), {"mask_mode": mask_mode, "mask_seed": seed, "shift": shift})
+    counts = [int(m.sum()) for m in drawn.values()]
+    return {"n_samples": len(samples), "masked_tokens_total": int(np.sum(counts))}
+
+
+def attribute(
+    tokens_path,
+    masks_path,
+    model_cfg: dict,
+    settings: dict,
+    rows_per_pass: int,
+    out,
+    checkpoint_dir=None,
+    meta: dict | None = None,
+) -> dict:
+    """Load the model, run IG over every sample (checkpointing per sample) and write the dump."""
+    from .models.adapters import Adapter
+    from .models.loading import load_model
+
+    samples = unpack_samples(load_npz(tokens_path))
+    mask_arrays = load_npz(masks_path)
+    if [str(s) for s in mask_arrays["sample_ids"]] != [s.sample_id for s in samples]:
+        raise DataError(f"{masks_path}: masks were drawn for other samples than {tokens_path}")
+    model, tokenizer = load_model(
+        model_cfg["path"],
+        model_cfg["dtype"],
+        model_cfg["device"],
+        model_cfg["trust_remote_code"],
+        model_cfg.get("attn_implementation"),
+    )
+    mask_id = model_cfg.get("mask_token_id")
+    adapter = Adapter(
+        model,
+        model_cfg["adapter"],
+        mask_token_id=mask_id if mask_id is not None else getattr(tokenizer, "mask_token_id", None),
+    )
+    run_settings = AttributionSettings(**settings).validate()
+    engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
+    arrays, full_meta = run_attribution(
+        engine, samples, unpack_masks(mask_arrays), run_settings, meta, checkpoint_dir=checkpoint_dir
+    )
+    save_npz(out, arrays, full_meta)
+    return {
+        "n_samples": len(samples),
+        "n_layers": adapter.n_layers,
+        "n_heads": adapter.n_heads,
+        "family": adapter.family,
+    }
+
+
+def aggregate_dump(dump_path, heads_out, completeness_out) -> dict:
+    """Per-head table and per-(sample, p, path) completeness table of a dump."""
+    arrays = load_dump(dump_path)
+    heads = aggregate(arrays)
+    comp = completeness_table(arrays)
+    atomic_write(heads_out, lambda tmp: heads.to_csv(tmp, index=False))
+    atomic_write(completeness_out, lambda tmp: comp.to_csv(tmp, index=False))
+    return {"gap_abs_max": float(comp["gap"].abs().max()), "gap_rel_max": float(comp["rel_gap"].max())}

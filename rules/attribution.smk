@@ -1,0 +1,30 @@
+rule attribute:
+    input:
+        tokens=lambda wc: path(
+            "tokens", unit_for("ig", wc.key).keys["tokens"], "tokens.npz"
+        ),
+        masks=lambda wc: path(
+            "masks", unit_for("ig", wc.key).keys["masks"], "masks.npz"
+        ),
+        model=model_inputs(),
+    output:
+        dump=f"{RESULTS}/ig/{{key}}/dump.npz",
+        manifest=f"{RESULTS}/ig/{{key}}/manifest.json",
+    log:
+        f"{RESULTS}/logs/attribute/{{key}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attribute/{{key}}.tsv"
+    conda:
+        "../envs/engine.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        slice=lambda wc: unit_for("ig", wc.key).slices["ig"],
+        settings=ig_settings,
+        model=model_settings(),
+        rows_per_pass=config["ig"]["rows_per_pass"],
+        checkpoint_dir=lambda wc: f"{RESULTS}/ig/{wc.key}/partial",
+    script:
+        "../scripts/attribute.py"

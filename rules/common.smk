@@ -1,0 +1,102 @@
+"""Config validation and the helpers that turn the config into versioned artifact paths."""
+
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from headattr.config import check_config, report_key, stage_key, units
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+check_config(config, Path.cwd())
+
+RESULTS = config["results_dir"]
+UNITS = units(config)
+REPORT_KEY = report_key(config)
+
+
+wildcard_constraints:
+    key=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+def _by_key(stage):
+    return {u.keys[stage]: u for u in UNITS}
+
+
+DATA_UNITS, TOKEN_UNITS, MASK_UNITS, IG_UNITS = (
+    _by_key(stage) for stage in ("data", "tokens", "masks", "ig")
+)
+
+
+def unit_for(stage, key):
+    """The unit whose `stage` artifact has this key (only keys of the current config are buildable)."""
+    table = {
+        "data": DATA_UNITS,
+        "tokens": TOKEN_UNITS,
+        "masks": MASK_UNITS,
+        "ig": IG_UNITS,
+    }[stage]
+    if key not in table:
+        raise ValueError(f"{stage} key {key!r} does not belong to the current config")
+    return table[key]
+
+
+def model_settings():
+    """Everything the scripts need to load the model (device and code trust included)."""
+    return dict(config["model"])
+
+
+def model_inputs():
+    """Files of a local model directory, so that replacing the checkpoint reruns what depends on it."""
+    path = Path(config["model"]["path"])
+    return (
+        sorted(str(p) for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    )
+
+
+def data_inputs():
+    source = config["data"]["source"]
+    if source == "demo":
+        return ["resources/demo/corpus.jsonl.gz"]
+    return [] if source.startswith("hf:") else [source]
+
+
+def ig_settings(wildcards):
+    """AttributionSettings fields of one (seed, method) unit."""
+    unit = unit_for("ig", wildcards.key)
+    o, g = config["objective"], config["ig"]
+    return {
+        "method": unit.method,
+        "rule": g["rule"],
+        "steps": g["steps"],
+        "baseline": g["baseline"],
+        "lambdas": g["lambdas"] if unit.method == "layered" else None,
+        "objective": o["kind"],
+        "weighting": o["weighting"],
+        "mask_probs": [1.0] if o["kind"] == "causal" else o["mask_probs"],
+        "mask_mode": o["mask_mode"],
+        "mask_seed": unit.seed,
+    }
+
+
+def path(stage, key, name):
+    return f"{RESULTS}/{stage}/{key}/{name}"
+
+
+def get_final_output():
+    return [
+        f"{RESULTS}/reports/{REPORT_KEY}/summary.json",
+        f"{RESULTS}/reports/{REPORT_KEY}/report.md",
+    ]
+
+
+def run_view():
+    """Point results/<run> at the current report (a relative symlink), after a successful run."""
+    view = Path(RESULTS) / config["run"]
+    target = Path("reports") / REPORT_KEY
+    if not (Path(RESULTS) / target).exists():
+        return
+    if view.is_symlink() or not view.exists():
+        tmp = view.with_name(f".{view.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        tmp.replace(view)

@@ -1,0 +1,28 @@
+"""Rule attribute: IG over head gates for every sample of one (seed, method), checkpointed per sample."""
+
+import os
+import shutil
+
+from headattr.workflow import log_to, write_manifest
+
+started = log_to(snakemake.log[0])  # noqa: F821
+
+import torch  # noqa: E402
+
+from headattr import stages  # noqa: E402
+
+sm = snakemake  # noqa: F821
+torch.set_num_threads(max(1, sm.threads))
+print(f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', '')} threads={sm.threads}")
+info = stages.attribute(
+    sm.input.tokens,
+    sm.input.masks,
+    sm.params.model,
+    sm.params.settings,
+    sm.params.rows_per_pass,
+    sm.output.dump,
+    checkpoint_dir=sm.params.checkpoint_dir,
+    meta={"params": sm.params.slice},
+)
+write_manifest(sm.output.manifest, sm.params.slice, [sm.input.tokens, sm.input.masks], started, {"result": info})
+shutil.rmtree(sm.params.checkpoint_dir, ignore_errors=True)
