@@ -1,0 +1,133 @@
+"""The Snakemake workflow on a tiny project: dry runs, lint, a full run, incremental rebuilds, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import N_HEADS, N_LAYERS, write_tiny_project
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(cwd, *args, timeout=600):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def planned_jobs(result) -> dict:
+    """Job counts from a dry run's 'Job stats' table."""
+    lines = result.stdout.splitlines()
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    start = lines.index("Job stats:") + 3
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-run")
+    write_tiny_project(root)
+    result = snakemake(root, "--cores", "2")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return root
+
+
+def test_default_config_dry_run_and_lint():
+    result = snakemake(REPO, "-n", "--directory", str(REPO))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    jobs = planned_jobs(result)
+    assert jobs == {} or jobs.get("attribute", 0) <= 4
+    lint = snakemake(REPO, "--lint")
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout[-2000:]
+
+
+def test_tiny_dry_run_plans_every_stage(tmp_path):
+    write_tiny_project(tmp_path)
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    assert jobs == {"sample_data": 2, "tokenize": 2, "draw_masks": 2, "attribute": 4, "aggregate": 4,
+                    "report": 1, "all": 1}
+
+
+def test_full_tiny_run_outputs_and_manifests(tiny_run):
+    results = tiny_run / "results"
+    summary = json.loads((results / "tiny" / "summary.json").read_text())
+    assert len(summary["units"]) == 4
+    for unit in summary["units"]:
+        assert unit["n_samples"] == 4 and len(unit["top_heads"]) == 10
+        assert np.isfinite(unit["completeness"]["gap_abs_max"]) and unit["wall_time_s"] > 0
+        assert {h["label"] for h in unit["top_heads"]} <= {f"L{i}H{j}" for i in range(N_LAYERS) for j in range(N_HEADS)}
+        dump = np.load(results / "ig" / unit["key"] / "dump.npz", allow_pickle=False)
+        assert dump["ig"].shape == (4, 2, N_LAYERS, N_HEADS)
+        top = unit["top_heads"][0]
+        assert top["importance"] == pytest.approx(-dump["ig"].astype(np.float64).mean((0, 1))[top["layer"], top["head"]])
+    for stage in ("data", "tokens", "masks", "ig"):
+        for manifest in (results / stage).glob("*/manifest.json"):
+            m = json.loads(manifest.read_text())
+            assert {"params", "inputs", "git_commit", "libraries", "wall_time_s", "headattr_version"} <= set(m)
+            assert m["libraries"]["torch"] and all(len(v) == 64 for v in m["inputs"].values())
+    report = (results / "tiny" / "report.md").read_text()
+    assert "## Completeness" in report and "figures/heatmap_per_layer_seed1.png" in report
+    assert (results / "tiny" / "figures" / "heatmap_joint_seed2.png").stat().st_size > 1000
+    logs = list((results / "logs" / "attribute").glob("*.log"))
+    assert len(logs) == 4 and all("SLURM_JOB_ID=" in p.read_text() for p in logs)
+    # the same samples and masks feed both methods of a seed
+    keys = {(u["seed"], u["method"]): u["key"] for u in summary["units"]}
+    a = np.load(results / "ig" / keys[(1, "per_layer")] / "dump.npz")
+    b = np.load(results / "ig" / keys[(1, "joint")] / "dump.npz")
+    assert np.array_equal(a["sample_ids"], b["sample_ids"]) and np.array_equal(a["n_scored"], b["n_scored"])
+    assert np.allclose(a["loss_full"], b["loss_full"])
+
+
+def test_incremental_rebuild_after_a_parameter_change(tiny_run):
+    config_path = tiny_run / "config.yaml"
+    original = config_path.read_text()
+    assert planned_jobs(snakemake(tiny_run, "-n")) == {}
+    config = yaml.safe_load(original)
+    config["ig"]["steps"] = 3
+    config_path.write_text(yaml.safe_dump(config))
+    try:
+        assert planned_jobs(snakemake(tiny_run, "-n")) == {"attribute": 4, "aggregate": 4, "report": 1, "all": 1}
+        config["objective"]["mask_probs"] = [0.3, 0.5]
+        config["ig"]["steps"] = 2
+        config_path.write_text(yaml.safe_dump(config))
+        assert planned_jobs(snakemake(tiny_run, "-n")) == {
+            "draw_masks": 2, "attribute": 4, "aggregate": 4, "report": 1, "all": 1}
+    finally:
+        config_path.write_text(original)
+    assert planned_jobs(snakemake(tiny_run, "-n")) == {}
+
+
+BAD_CONFIGS = [
+    ({"ig": {"stepz": 3}}, "stepz"),
+    ({"ig": {"steps": "eight"}}, "steps"),
+    ({"ig": {"steps": 0}}, "steps"),
+    ({"objective": {"mask_probs": [0.5, 1.5]}}, "mask_probs"),
+    ({"objective": {"mask_probs": [0.0]}}, "mask_probs"),
+    ({"data": {"source": "missing.jsonl"}}, "data.source"),
+    ({"model": {"path": "no/such/model-dir"}}, "model.path"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"run": "../escape"}, "run"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD_CONFIGS, ids=[n for _, n in BAD_CONFIGS])
+def test_config_errors_fail_before_any_rule_runs(tmp_path, extra, needle):
+    write_tiny_project(tmp_path, extra=extra)
+    result = snakemake(tmp_path, "--cores", "1")
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert needle in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
