@@ -70,20 +70,28 @@ class GateEngine:
         """Loss of every row, float64 [rows]. ``gates`` is [rows, n_layers, n_heads]."""
         return self._run(scored, row_p, gates, False, describe)[0]
 
+    def losses_and_accuracy(
+        self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses float64 [rows], masked-token accuracy float64 [rows]: argmax == target at scored positions)."""
+        loss, _, acc = self._run(scored, row_p, gates, False, describe, accuracy=True)
+        return loss, acc
+
     def gradients(
         self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(losses float64 [rows], dL/dgates float32 [rows, n_layers, n_heads])."""
-        return self._run(scored, row_p, gates, True, describe)
+        return self._run(scored, row_p, gates, True, describe)[:2]
 
-    def _run(self, scored, row_p, gates, grad: bool, describe: Callable[[int], str] | None):
+    def _run(self, scored, row_p, gates, grad: bool, describe: Callable[[int], str] | None, accuracy=False):
         row_p = torch.as_tensor(row_p, dtype=torch.long)
         if gates.shape[0] != row_p.shape[0]:
             raise ValueError(f"{gates.shape[0]} gate rows for {row_p.shape[0]} rows")
-        losses, grads = [], []
+        losses, grads, accs = [], [], []
         for start in range(0, row_p.shape[0], self.rows_per_pass):
             stop = min(start + self.rows_per_pass, row_p.shape[0])
-            loss, g = self._chunk(scored, row_p[start:stop], gates[start:stop], grad)
+            loss, g, acc = self._chunk(scored, row_p[start:stop], gates[start:stop], grad)
+            accs.append(acc)
             bad = ~torch.isfinite(loss)
             if g is not None:
                 bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
@@ -94,7 +102,7 @@ class GateEngine:
             losses.append(loss)
             if g is not None:
                 grads.append(g)
-        return torch.cat(losses), (torch.cat(grads) if grad else None)
+        return torch.cat(losses), (torch.cat(grads) if grad else None), (torch.cat(accs) if accuracy else None)
 
     def _chunk(self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, grad: bool):
         n = [scored.targets[i].numel() for i in row_p.tolist()]
@@ -125,4 +133,7 @@ class GateEngine:
         loss64 = torch.zeros(len(n), dtype=torch.float64, device=self.device).index_add(
             0, sel_rows.to(self.device), ce.detach().double() * weight64
         )
-        return loss64.cpu(), (grads.float().cpu() if grad else None)
+        hits = (logits.detach().argmax(-1) == targets).double()
+        acc = torch.zeros(len(n), dtype=torch.float64, device=self.device).index_add(0, sel_rows.to(self.device), hits)
+        acc = acc / torch.tensor(n, dtype=torch.float64, device=self.device)
+        return loss64.cpu(), (grads.float().cpu() if grad else None), acc.cpu()

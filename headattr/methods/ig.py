@@ -9,7 +9,7 @@ path l is "layer l at the baseline, every other layer on"; for ``joint`` it is "
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ class SampleAttribution:
     loss_base: np.ndarray
     ig_sum: np.ndarray
     n_scored: np.ndarray
+    extras: dict = field(default_factory=dict)
 
     @property
     def gap(self) -> np.ndarray:
