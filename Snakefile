@@ -13,6 +13,7 @@ include: "rules/data.smk"
 include: "rules/masks.smk"
 include: "rules/attribution.smk"
 include: "rules/aggregate.smk"
+include: "rules/diagnostics.smk"
 include: "rules/report.smk"
 include: "rules/demo_model.smk"
 

@@ -92,9 +92,47 @@ def units(config: dict) -> list[Unit]:
     return out
 
 
+def diagnostic_groups(config: dict) -> dict:
+    """Diagnostics of the run: per unit, per (method, seed pair), per seed across methods; each with its key.
+
+    Returns ``{"unit": {key: ig_key}, "seeds": {key: (method, seed_a, seed_b, ig_key_a, ig_key_b)},
+    "methods": {key: (seed, {method: ig_key})}}``.
+    """
+    diag = config["diagnostics"]
+    all_units = units(config)
+    by = {(u.method, u.seed): u.keys["ig"] for u in all_units}
+    out: dict = {"unit": {}, "seeds": {}, "methods": {}}
+    for u in all_units:
+        out["unit"][stage_key(u.keys["ig"], diag)] = u.keys["ig"]
+    seeds, methods = config["seeds"], config["ig"]["methods"]
+    for method in methods:
+        for i, a in enumerate(seeds):
+            for b in seeds[i + 1 :]:
+                ka, kb = by[(method, a)], by[(method, b)]
+                out["seeds"][stage_key(f"{method}-seed{a}-vs-seed{b}", {"a": ka, "b": kb, "d": diag})] = (
+                    method,
+                    a,
+                    b,
+                    ka,
+                    kb,
+                )
+    for seed in seeds:
+        keys = {m: by[(m, seed)] for m in methods}
+        out["methods"][stage_key(f"seed{seed}-methods", {"ig": keys, "d": diag})] = (seed, keys)
+    return out
+
+
 def report_key(config: dict) -> str:
-    """Key of the run's report: every attribution key plus the report settings."""
-    return stage_key(config["run"], {"ig": [u.keys["ig"] for u in units(config)], "report": config["report"]})
+    """Key of the run's report: every attribution and diagnostic key plus the report settings."""
+    groups = diagnostic_groups(config)
+    return stage_key(
+        config["run"],
+        {
+            "ig": [u.keys["ig"] for u in units(config)],
+            "report": config["report"],
+            "diagnostics": {k: sorted(v) for k, v in groups.items()},
+        },
+    )
 
 
 def _is_local_path(path: str) -> bool:

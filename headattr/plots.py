@@ -32,3 +32,98 @@ def head_heatmap(matrix: np.ndarray, title: str, path: str | Path, label: str = 
     ax.set_ylabel("layer")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None) -> Path:
+    """A square matrix (e.g. the per-sample correlation matrix)."""
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.3 * n), min(10, 1.5 + 0.3 * n)))
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap="viridis",
+        center=center,
+        cbar_kws={"label": label},
+        xticklabels=n <= 30,
+        yticklabels=n <= 30,
+    )
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def variance_histogram(variance: np.ndarray, thresholds, title: str, path) -> Path:
+    """Histogram of per-head variance across samples, with the report's thresholds marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sns.histplot(np.ravel(variance), ax=ax, bins=40)
+    for thr in thresholds:
+        ax.axvline(thr, color="crimson", ls="--", lw=1)
+    ax.set_xlabel("variance of the head's score across samples")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def convergence_plot(curve, title: str, path) -> Path:
+    """Agreement of the first-n-sample mean with the all-N mean vs n, with bootstrap bands."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for metric, part in curve.groupby("metric"):
+        ax.plot(part["n"], part["mean"], marker="o", label=metric)
+        ax.fill_between(part["n"], part["lo"], part["hi"], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("samples n")
+    ax.set_ylabel("agreement with all N")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def seed_scatter(scores, labels, title: str, path) -> Path:
+    """Head scores of two seeds against each other, coloured by layer."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    sns.scatterplot(data=scores, x="score_a", y="score_b", hue="layer", palette="viridis", s=14, ax=ax, legend=False)
+    lo = float(min(scores["score_a"].min(), scores["score_b"].min()))
+    hi = float(max(scores["score_a"].max(), scores["score_b"].max()))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel(f"IG score, {labels[0]}")
+    ax.set_ylabel(f"IG score, {labels[1]}")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def layer_consistency(per_layer, title: str, path) -> Path:
+    """Per-layer Pearson and Spearman between seeds vs depth."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(per_layer["layer"], per_layer["pearson"], marker="o", label="Pearson")
+    ax.plot(per_layer["layer"], per_layer["spearman"], marker="s", label="Spearman")
+    ax.axhline(0.9, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("correlation between seeds")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def topk_bars(topk, title: str, path) -> Path:
+    """Mean top-K overlap between seeds vs the exact random expectation."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(topk))
+    ax.bar(x - 0.2, 100 * topk["mean_overlap"], width=0.4, label="seeds")
+    ax.bar(x + 0.2, 100 * topk["random_expected"], width=0.4, label="random (k/n)")
+    ax.set_xticks(x, [f"top-{k}" for k in topk["k"]])
+    ax.set_ylabel("overlap (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def category_heatmaps(category_means, title: str, path) -> Path:
+    """One layer x head heatmap of mean importance per data category, on a shared scale."""
+    cats = list(dict.fromkeys(category_means["category"]))
+    fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats) + 1, 3.2), squeeze=False)
+    lim = float(np.nanmax(np.abs(category_means["score"]))) or 1.0
+    for ax, cat in zip(axes[0], cats, strict=True):
+        part = category_means[category_means["category"] == cat]
+        mat = part.pivot(index="layer", columns="head", values="score").to_numpy()
+        sns.heatmap(-mat, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar=False)
+        ax.set_title(cat or "(none)")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from .aggregate import score_matrix
 from .dumps import atomic_write
-from .plots import head_heatmap
+from .plots import (
+    category_heatmaps,
+    convergence_plot,
+    head_heatmap,
+    layer_consistency,
+    matrix_heatmap,
+    seed_scatter,
+    topk_bars,
+    variance_histogram,
+)
 from .workflow import write_json
 
 
@@ -53,17 +63,205 @@ def _md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     return "\n".join(lines)
 
 
-def build_report(units: list[dict], inputs, config: dict, report_md, summary_path, figures_dir) -> dict:
-    """Write report.md, summary.json and figures for every unit of the run."""
+def _fmt(x, digits=4) -> str:
+    return "nan" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def unit_section(unit: dict, diag: dict, figures_dir: Path, thresholds) -> tuple[str, list[str]]:
+    """Report 1's per-sample sections for one (method, seed)."""
+    tag = f"{unit['method']}_seed{unit['seed']}"
+    lines = [f"#### 1-vs-N sample agreement ({unit['method']}, seed {unit['seed']})\n"]
+    sc = diag["sample_count"]
+    topcol = next(c for c in sc.columns if c.startswith("top") and c.endswith("_overlap"))
+    table = pd.DataFrame(
+        {
+            "n vs N": [f"{int(r.n)} vs {int(r.N)}" for r in sc.itertuples()],
+            "Pearson": sc["pearson"].map(_fmt),
+            "cosine": sc["cosine"].map(_fmt),
+            "Spearman": sc["spearman"].map(_fmt),
+            topcol.replace("_overlap", " overlap"): sc[topcol].map(_pct),
+            "mean (n / N)": [f"{a:.6f} / {b:.6f}" for a, b in zip(sc["subset_mean"], sc["full_mean"], strict=True)],
+            "std (n / N)": [f"{a:.6f} / {b:.6f}" for a, b in zip(sc["subset_std"], sc["full_std"], strict=True)],
+            "min (n / N)": [f"{a:.3f} / {b:.3f}" for a, b in zip(sc["subset_min"], sc["full_min"], strict=True)],
+            "max (n / N)": [f"{a:.3f} / {b:.3f}" for a, b in zip(sc["subset_max"], sc["full_max"], strict=True)],
+        }
+    )
+    lines += [_md_table(table), ""]
+    figs = []
+    conv = figures_dir / f"convergence_{tag}.png"
+    convergence_plot(diag["convergence"], f"{unit['method']}, seed {unit['seed']}", conv)
+    lines += [
+        f"![convergence](figures/{conv.name})\n",
+        "Agreement of the first n samples with all N, with bootstrap bands over sample orderings.\n",
+    ]
+    figs.append(conv.name)
+    if "sample_correlation" in diag:
+        summ = diag["sample_correlation_summary"]
+        lines += [
+            "#### Per-sample correlation\n",
+            f"Pearson between samples' IG vectors, off the diagonal: mean {_fmt(summ['mean'])}, "
+            f"min {_fmt(summ['min'])}, max {_fmt(summ['max'])}.\n",
+        ]
+        corr = figures_dir / f"sample_correlation_{tag}.png"
+        matrix_heatmap(diag["sample_correlation"], f"per-sample Pearson, {unit['method']} seed {unit['seed']}", corr)
+        lines += [
+            f"![sample correlation](figures/{corr.name})\n",
+            "How alike the samples' head attributions are; a uniform matrix means a model-wide pattern.\n",
+        ]
+        figs.append(corr.name)
+    hv = diag["head_variance_summary"]
+    counts = ", ".join(f"{v}/{hv['n_heads']} heads above {k}" for k, v in hv["count_above"].items())
+    lines += ["#### Cross-sample variance per head\n", f"Mean {hv['mean']:.6f}, median {hv['median']:.6f}; {counts}.\n"]
+    hist = figures_dir / f"variance_{tag}.png"
+    variance_histogram(diag["head_variance"], thresholds, f"{unit['method']}, seed {unit['seed']}", hist)
+    top = diag["sample_specific_heads"].head(10)
+    lines += [
+        f"![variance](figures/{hist.name})\n",
+        "Distribution of per-head variance across samples.\n",
+        "Most sample-specific heads:\n",
+        _md_table(top[["label", "variance", "mean"]], ".6f"),
+        "",
+    ]
+    figs.append(hist.name)
+    cat = figures_dir / f"categories_{tag}.png"
+    category_heatmaps(diag["category_means"], f"importance by category, {unit['method']} seed {unit['seed']}", cat)
+    lines += [
+        "#### Head use per data category\n",
+        f"![categories](figures/{cat.name})\n",
+        "Mean importance (-IG) of each head within each data category.\n",
+    ]
+    figs.append(cat.name)
+    if "category_differences" in diag:
+        diff = diag["category_differences"].head(10)
+        cols = ["label"] + [c for c in diff.columns if c.startswith("mean_")] + ["H", "p_value", "q_value"]
+        lines += [
+            "Heads whose attribution differs most between categories (Kruskal-Wallis across samples, BH q-values):\n",
+            _md_table(diff[cols], ".4g"),
+            "",
+        ]
+    if "mask_ratio_agreement" in diag:
+        mr = diag["mask_ratio_agreement"]
+        lines += ["#### Agreement between mask probabilities\n", _md_table(mr, ".4f"), ""]
+    return "\n".join(lines), figs
+
+
+def seed_section(meta: dict, diag: dict, figures_dir: Path) -> tuple[str, list[str]]:
+    """Report 2's sections for one method and pair of seeds."""
+    method, a, b = meta["method"], meta["seed_a"], meta["seed_b"]
+    tag = f"{method}_seed{a}_vs_seed{b}"
+    s = diag["summary"]
+    rows = []
+    for metric in ("pearson", "spearman"):
+        m = s[metric]
+        rows.append(
+            {
+                "metric": metric.capitalize(),
+                "mean": _fmt(m["mean"]),
+                "median": _fmt(m["median"]),
+                "min": _fmt(m["min"]),
+                "max": _fmt(m["max"]),
+                "std": _fmt(m["std"]),
+                "layers > 0.9": f"{m['n_above_0.9']}/{m['n_layers']}",
+            }
+        )
+    topk = diag["topk"]
+    tk = pd.DataFrame(
+        {
+            "top-K": [f"Top-{k}" for k in topk["k"]],
+            "mean overlap": topk["mean_overlap"].map(_pct),
+            "random (exact)": topk["random_expected"].map(_pct),
+            "p (permutation)": topk["p_value"],
+        }
+    )
+    dist = diag["distribution"].copy()
+    lines = [
+        f"### {method}: seed {a} vs seed {b}\n",
+        "#### Per-layer correlation\n",
+        _md_table(pd.DataFrame(rows)),
+        "",
+        f"Global (all heads): Pearson {_fmt(s['global']['pearson'])}, Spearman {_fmt(s['global']['spearman'])}.\n",
+    ]
+    if "bootstrap" in diag:
+        lines += [
+            "Bootstrap 95% intervals (resampling samples of each seed):\n",
+            _md_table(diag["bootstrap"], ".4f"),
+            "",
+        ]
+    lines += [
+        "#### Top-K overlap (mean over layers)\n",
+        _md_table(tk, ".3g"),
+        "",
+        "#### Score distributions\n",
+        _md_table(dist, ".6f"),
+        "",
+        "Best layers: "
+        + ", ".join(f"{int(lay)} ({_fmt(r)})" for lay, r in s["best_layers"])
+        + "; worst: "
+        + ", ".join(f"{int(lay)} ({_fmt(r)})" for lay, r in s["worst_layers"])
+        + ".\n",
+        "#### Layer trend\n",
+        _md_table(diag["trend"], ".4f"),
+        "",
+    ]
+    figs = []
+    for name, draw, caption in (
+        (
+            f"seed_scatter_{tag}.png",
+            lambda p: seed_scatter(diag["scores"], [f"seed {a}", f"seed {b}"], method, p),
+            "Each head's score under the two seeds; points on the diagonal agree.",
+        ),
+        (
+            f"layer_consistency_{tag}.png",
+            lambda p: layer_consistency(diag["per_layer"], method, p),
+            "Per-layer correlation between seeds against depth.",
+        ),
+        (f"topk_{tag}.png", lambda p: topk_bars(topk, method, p), "Top-K overlap between seeds vs random rankings."),
+    ):
+        draw(figures_dir / name)
+        lines += [f"![{name}](figures/{name})\n", caption + "\n"]
+        figs.append(name)
+    return "\n".join(lines), figs
+
+
+def method_section(seed: int, diag: dict) -> str:
+    lines = [
+        f"### Seed {seed}\n",
+        "Sample specificity = mean per-sample Pearson (lower = more sample-specific):\n",
+        _md_table(diag["specificity"], ".4f"),
+        "",
+    ]
+    if "comparison" in diag:
+        lines += ["Agreement between methods (mean scores over samples):\n", _md_table(diag["comparison"], ".4f"), ""]
+    return "\n".join(lines)
+
+
+def build_report(
+    units: list[dict],
+    inputs,
+    config: dict,
+    report_md,
+    summary_path,
+    figures_dir,
+    seed_pairs: list[dict] = (),
+    method_groups: list[dict] = (),
+) -> dict:
+    """Write report.md, summary.json and figures for every unit, seed pair and method group of the run."""
+    from .diagnostics import read_tables
+
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     top_k = config.get("report", {}).get("top_k", 10)
-    summaries, sections = [], []
-    for unit, heads_csv, comp_csv, bench in zip(
-        units, inputs.heads, inputs.completeness, inputs.benchmarks, strict=True
+    thresholds = config.get("diagnostics", {}).get("variance_thresholds", [0.001, 0.005])
+    summaries, sections, diag_sections = [], [], []
+    unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
+    for unit, heads_csv, comp_csv, bench, diag_dir in zip(
+        units, inputs.heads, inputs.completeness, inputs.benchmarks, unit_dirs, strict=True
     ):
         digest = unit_summary(unit, heads_csv, comp_csv, bench, top_k)
-        summaries.append(digest)
         name = f"heatmap_{unit['method']}_seed{unit['seed']}"
         matrix = score_matrix(pd.read_csv(heads_csv), "importance")
         head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / f"{name}.png")
@@ -73,6 +271,29 @@ def build_report(units: list[dict], inputs, config: dict, report_md, summary_pat
             f"![{name}](figures/{name}.png)\n\n"
             f"Importance (-IG) of every head; red heads lower the loss when switched on.\n\n"
             f"Top {top_k} heads:\n\n{_md_table(top)}\n"
+        )
+        if diag_dir is not None:
+            diag = read_tables(diag_dir)
+            digest["diagnostics"] = diag["headline"]
+            text, _ = unit_section(unit, diag, figures_dir, thresholds)
+            diag_sections.append(text)
+        summaries.append(digest)
+    seed_texts, seed_heads = [], []
+    for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
+        diag = read_tables(diag_dir)
+        text, _ = seed_section(meta, diag, figures_dir)
+        seed_texts.append(text)
+        seed_heads.append({**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, **diag["headline"]})
+    method_texts, method_heads = [], []
+    for meta, diag_dir in zip(method_groups, getattr(inputs, "method_diag", []), strict=True):
+        diag = read_tables(diag_dir)
+        method_texts.append(method_section(meta["seed"], diag))
+        method_heads.append(
+            {
+                "seed": meta["seed"],
+                **diag["headline"],
+                "comparison": diag["comparison"].to_dict("records") if "comparison" in diag else [],
+            }
         )
     comp_rows = pd.DataFrame(
         [
@@ -88,21 +309,29 @@ def build_report(units: list[dict], inputs, config: dict, report_md, summary_pat
             for s in summaries
         ]
     )
-    summary = {"run": config["run"], "units": summaries}
-    text = "\n".join(
-        [
-            f"# headattr report: run `{config['run']}`\n",
-            "Scores are the raw IG of the loss over head gates; importance = -IG (a head whose gate lowers the loss "
-            "is important).\n",
-            "## Completeness\n",
-            "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities.\n",
-            _md_table(comp_rows),
-            "\n## Attribution per method and seed\n",
-            *sections,
-            "## Settings\n",
-            "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n",
-        ]
-    )
-    atomic_write(report_md, lambda tmp: Path(tmp).write_text(text))
+    summary = {
+        "run": config["run"],
+        "units": summaries,
+        "seed_consistency": seed_heads,
+        "method_comparison": method_heads,
+    }
+    parts = [
+        f"# headattr report: run `{config['run']}`\n",
+        "Scores are the raw IG of the loss over head gates; importance = -IG (a head whose gate lowers the loss "
+        "is important).\n",
+        "## Completeness\n",
+        "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities.\n",
+        _md_table(comp_rows),
+        "\n## Attribution per method and seed\n",
+        *sections,
+    ]
+    if diag_sections:
+        parts += ["## Per-sample structure (report 1)\n", *diag_sections]
+    if method_texts:
+        parts += ["## Method comparison\n", *method_texts]
+    if seed_texts:
+        parts += ["## Cross-seed consistency (report 2)\n", *seed_texts]
+    parts += ["## Settings\n", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n"]
+    atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(parts)))
     write_json(summary_path, summary)
     return summary

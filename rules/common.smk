@@ -4,7 +4,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from headattr.config import check_config, report_key, stage_key, units
+from headattr.config import (
+    check_config,
+    diagnostic_groups,
+    report_key,
+    stage_key,
+    units,
+)
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 check_config(config, Path.cwd())

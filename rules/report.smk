@@ -4,6 +4,9 @@ rule report:
         heads=[path("ig", u.keys["ig"], "heads.csv") for u in UNITS],
         completeness=[path("ig", u.keys["ig"], "completeness.csv") for u in UNITS],
         benchmarks=[f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}.tsv" for u in UNITS],
+        unit_diag=[f"{RESULTS}/diagnostics/unit/{k}" for k in DIAG["unit"]],
+        seed_diag=[f"{RESULTS}/diagnostics/seeds/{k}" for k in DIAG["seeds"]],
+        method_diag=[f"{RESULTS}/diagnostics/methods/{k}" for k in DIAG["methods"]],
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",
         summary=f"{RESULTS}/reports/{{key}}/summary.json",
@@ -23,6 +26,11 @@ rule report:
         "../envs/analysis.yaml"
     params:
         units=[{"seed": u.seed, "method": u.method, "key": u.keys["ig"]} for u in UNITS],
+        seed_pairs=[
+            {"method": m, "seed_a": a, "seed_b": b}
+            for m, a, b, _, _ in DIAG["seeds"].values()
+        ],
+        method_groups=[{"seed": s} for s, _ in DIAG["methods"].values()],
         config=config,
     script:
         "../scripts/report.py"

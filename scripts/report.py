@@ -7,4 +7,13 @@ log_to(snakemake.log[0])  # noqa: F821
 from headattr.report import build_report  # noqa: E402
 
 sm = snakemake  # noqa: F821
-build_report(sm.params.units, sm.input, sm.params.config, sm.output.report_md, sm.output.summary, sm.output.figures)
+build_report(
+    sm.params.units,
+    sm.input,
+    sm.params.config,
+    sm.output.report_md,
+    sm.output.summary,
+    sm.output.figures,
+    sm.params.seed_pairs,
+    sm.params.method_groups,
+)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,14 @@ def snakemake(cwd, *args, timeout=600):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_tables_not_empty(markdown: str):
+    """Every markdown table has at least one data row."""
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---") or line.startswith("|---|"):
+            assert i + 1 < len(lines) and lines[i + 1].startswith("|"), f"empty table after: {lines[i - 1]}"
 
 
 def planned_jobs(result) -> dict:
@@ -57,8 +66,18 @@ def test_default_config_dry_run_and_lint():
 def test_tiny_dry_run_plans_every_stage(tmp_path):
     write_tiny_project(tmp_path)
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
-    assert jobs == {"sample_data": 2, "tokenize": 2, "draw_masks": 2, "attribute": 4, "aggregate": 4,
-                    "report": 1, "all": 1}
+    assert jobs == {
+        "sample_data": 2,
+        "tokenize": 2,
+        "draw_masks": 2,
+        "attribute": 4,
+        "aggregate": 4,
+        "diagnose_unit": 4,
+        "diagnose_seeds": 2,
+        "diagnose_methods": 2,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_full_tiny_run_outputs_and_manifests(tiny_run):
@@ -72,14 +91,39 @@ def test_full_tiny_run_outputs_and_manifests(tiny_run):
         dump = np.load(results / "ig" / unit["key"] / "dump.npz", allow_pickle=False)
         assert dump["ig"].shape == (4, 2, N_LAYERS, N_HEADS)
         top = unit["top_heads"][0]
-        assert top["importance"] == pytest.approx(-dump["ig"].astype(np.float64).mean((0, 1))[top["layer"], top["head"]])
+        assert top["importance"] == pytest.approx(
+            -dump["ig"].astype(np.float64).mean((0, 1))[top["layer"], top["head"]]
+        )
     for stage in ("data", "tokens", "masks", "ig"):
         for manifest in (results / stage).glob("*/manifest.json"):
             m = json.loads(manifest.read_text())
             assert {"params", "inputs", "git_commit", "libraries", "wall_time_s", "headattr_version"} <= set(m)
             assert m["libraries"]["torch"] and all(len(v) == 64 for v in m["inputs"].values())
     report = (results / "tiny" / "report.md").read_text()
-    assert "## Completeness" in report and "figures/heatmap_per_layer_seed1.png" in report
+    for heading in (
+        "## Completeness",
+        "## Attribution per method and seed",
+        "## Per-sample structure (report 1)",
+        "#### 1-vs-N sample agreement",
+        "#### Per-sample correlation",
+        "#### Cross-sample variance",
+        "#### Head use per data category",
+        "#### Agreement between mask probabilities",
+        "## Method comparison",
+        "## Cross-seed consistency (report 2)",
+        "#### Per-layer correlation",
+        "#### Top-K overlap",
+        "#### Score distributions",
+        "#### Layer trend",
+        "## Settings",
+    ):
+        assert heading in report, heading
+    assert_tables_not_empty(report)
+    for figure in re.findall(r"\(figures/([^)]+)\)", report):
+        assert (results / "tiny" / "figures" / figure).stat().st_size > 1000, figure
+    assert "figures/heatmap_per_layer_seed1.png" in report
+    assert {"seed_consistency", "method_comparison"} <= set(summary)
+    assert all("diagnostics" in u for u in summary["units"])
     assert (results / "tiny" / "figures" / "heatmap_joint_seed2.png").stat().st_size > 1000
     logs = list((results / "logs" / "attribute").glob("*.log"))
     assert len(logs) == 4 and all("SLURM_JOB_ID=" in p.read_text() for p in logs)
@@ -99,12 +143,19 @@ def test_incremental_rebuild_after_a_parameter_change(tiny_run):
     config["ig"]["steps"] = 3
     config_path.write_text(yaml.safe_dump(config))
     try:
-        assert planned_jobs(snakemake(tiny_run, "-n")) == {"attribute": 4, "aggregate": 4, "report": 1, "all": 1}
+        downstream = {
+            "aggregate": 4,
+            "diagnose_unit": 4,
+            "diagnose_seeds": 2,
+            "diagnose_methods": 2,
+            "report": 1,
+            "all": 1,
+        }
+        assert planned_jobs(snakemake(tiny_run, "-n")) == {"attribute": 4, **downstream}
         config["objective"]["mask_probs"] = [0.3, 0.5]
         config["ig"]["steps"] = 2
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(snakemake(tiny_run, "-n")) == {
-            "draw_masks": 2, "attribute": 4, "aggregate": 4, "report": 1, "all": 1}
+        assert planned_jobs(snakemake(tiny_run, "-n")) == {"draw_masks": 2, "attribute": 4, **downstream}
     finally:
         config_path.write_text(original)
     assert planned_jobs(snakemake(tiny_run, "-n")) == {}

@@ -1,0 +1,211 @@
+"""Diagnostics of dumps, as named tables: what the users' two reports show, for any run.
+
+- :func:`unit_diagnostics` (one method and seed): 1-vs-N sample agreement and its convergence curve, the
+  per-sample correlation matrix, per-head variance across samples, per-category head use, per-mask-ratio
+  agreement.
+- :func:`seed_diagnostics` (one method, two seeds): per-layer and global consistency, top-K overlap against
+  the exact random baseline, score distributions, best/worst layers, layer trend, bootstrap CIs.
+- :func:`method_diagnostics` (one seed, several methods): agreement between methods and their sample
+  specificity.
+
+Every function returns ``{name: DataFrame | dict | ndarray}``; :func:`write_tables` stores them (CSV, JSON, NPY).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .dumps import atomic_write
+from .workflow import write_json
+
+DEFAULTS = {
+    "sample_counts": [1, 5, 10, 25],
+    "topk": [5, 10, 15, 20, 25, 30],
+    "variance_thresholds": [0.001, 0.005],
+    "depth_bins": 3,
+    "n_boot": 200,
+    "n_perm": 200,
+    "top_heads": 20,
+    "seed": 0,
+}
+
+
+def _cfg(cfg: dict | None) -> dict:
+    return {**DEFAULTS, **(cfg or {})}
+
+
+def _ks(ks, n: int) -> tuple[int, ...]:
+    return tuple(k for k in ks if k <= n) or (min(n, 1),)
+
+
+def unit_diagnostics(arrays: dict, cfg: dict | None = None) -> dict:
+    """Diagnostics of one dump (arrays of :mod:`headattr.dumps`)."""
+    c = _cfg(cfg)
+    ig = arrays["ig"].astype(np.float64)  # [N, P, L, H]
+    per_sample = ig.mean(axis=1)
+    n, n_p, n_layers, n_heads = ig.shape
+    ks = _ks(c["topk"], n_layers * n_heads)
+    ns = sorted({min(x, n) for x in c["sample_counts"]} | {n})
+    out: dict = {
+        "sample_count": stats.sample_count_agreement(per_sample, ns=ns, ks=ks),
+        "convergence": stats.convergence_curve(per_sample, ns=ns, n_boot=c["n_boot"], seed=c["seed"], ks=ks[:1]),
+    }
+    if n >= 2:
+        corr = stats.sample_correlation_matrix(per_sample)
+        out["sample_correlation"] = corr
+        out["sample_correlation_summary"] = stats.offdiag_summary(corr)
+    variance = stats.head_variance(per_sample, thresholds=tuple(c["variance_thresholds"]), top=c["top_heads"])
+    out["head_variance"] = variance["variance"]
+    out["head_variance_summary"] = {
+        "mean": variance["mean"],
+        "median": variance["median"],
+        "count_above": {str(k): int(v) for k, v in variance["count_above"].items()},
+        "n_heads": n_layers * n_heads,
+    }
+    out["sample_specific_heads"] = variance["top"]
+    cats = [str(x) for x in arrays["categories"]]
+    means = stats.category_means(per_sample, cats)
+    out["category_means"] = pd.concat(
+        [_long(m, value="score").assign(category=cat) for cat, m in means.items()], ignore_index=True
+    )
+    try:
+        out["category_differences"] = stats.category_differences(per_sample, cats, top=c["top_heads"])
+    except ValueError as exc:
+        out["category_differences_note"] = {"skipped": str(exc)}
+    if n_p >= 2:
+        ratio = stats.mask_ratio_agreement(ig, [float(p) for p in arrays["mask_probs"]], ks=ks[:2])
+        out["mask_ratio_agreement"] = ratio["pairs"]
+        out["mask_ratio_scores"] = pd.concat(
+            [_long(m, value="score").assign(mask_prob=p) for p, m in ratio["scores"].items()], ignore_index=True
+        )
+    out["headline"] = {
+        "n_samples": n,
+        "sample_specificity": stats.sample_specificity(per_sample) if n >= 2 else float("nan"),
+        "one_vs_all_pearson": float(out["sample_count"]["pearson"].iloc[0]),
+        "one_vs_all_cosine": float(out["sample_count"]["cosine"].iloc[0]),
+        "variance_mean": variance["mean"],
+        "variance_count_above": out["head_variance_summary"]["count_above"],
+    }
+    return out
+
+
+def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dict | None = None) -> dict:
+    """Consistency of one method between two seeds (report 2's tables)."""
+    c = _cfg(cfg)
+    ps_a = arrays_a["ig"].astype(np.float64).mean(1)
+    ps_b = arrays_b["ig"].astype(np.float64).mean(1)
+    n_layers, n_heads = ps_a.shape[1:]
+    ks = tuple(k for k in c["topk"] if k < n_heads) or (max(1, n_heads // 2),)
+    res = stats.cross_seed_consistency(
+        ps_a.mean(0),
+        ps_b.mean(0),
+        ks=ks,
+        depth_bins=min(c["depth_bins"], n_layers),
+        n_boot=c["n_boot"],
+        n_perm=c["n_perm"],
+        seed=c["seed"],
+        labels=tuple(str(x) for x in labels),
+    )
+    out = {
+        "per_layer": res["per_layer"],
+        "summary": {
+            **res["summary"],
+            "global": res["global"],
+            "best_layers": res["best_layers"],
+            "worst_layers": res["worst_layers"],
+        },
+        "topk": res["topk"],
+        "distribution": res["distribution"],
+        "trend": res["trend"],
+        "scores": pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(n_layers), n_heads),
+                "head": np.tile(np.arange(n_heads), n_layers),
+                "score_a": ps_a.mean(0).ravel(),
+                "score_b": ps_b.mean(0).ravel(),
+            }
+        ),
+    }
+    if min(len(ps_a), len(ps_b)) >= 2:
+        out["bootstrap"] = stats.cross_seed_bootstrap(ps_a, ps_b, n_boot=c["n_boot"], seed=c["seed"])
+    k10 = 10 if 10 in ks else ks[-1]
+    out["headline"] = {
+        "labels": list(labels),
+        "mean_layer_pearson": res["summary"]["pearson"]["mean"],
+        "mean_layer_spearman": res["summary"]["spearman"]["mean"],
+        "n_layers_pearson_above_0.9": res["summary"]["pearson"]["n_above_0.9"],
+        "global_pearson": res["global"]["pearson"],
+        "global_spearman": res["global"]["spearman"],
+        f"top{k10}_overlap": float(res["topk"].set_index("k").loc[k10, "mean_overlap"]),
+        f"top{k10}_random": float(res["topk"].set_index("k").loc[k10, "random_expected"]),
+    }
+    return out
+
+
+def method_diagnostics(arrays_by_method: dict[str, dict], cfg: dict | None = None) -> dict:
+    """Agreement between methods on one seed and each method's sample specificity."""
+    c = _cfg(cfg)
+    per_sample = {m: a["ig"].astype(np.float64).mean(1) for m, a in arrays_by_method.items()}
+    any_ps = next(iter(per_sample.values()))
+    ks = _ks(c["topk"][:2], any_ps.shape[1] * any_ps.shape[2])
+    out = {"specificity": stats.method_specificity(per_sample)}
+    if len(per_sample) >= 2:
+        out["comparison"] = stats.method_comparison(per_sample, ks=ks)
+    out["headline"] = {
+        "specificity": dict(zip(out["specificity"]["method"], out["specificity"]["sample_specificity"], strict=True))
+    }
+    return out
+
+
+def _long(matrix: np.ndarray, value: str) -> pd.DataFrame:
+    n_layers, n_heads = matrix.shape
+    return pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(n_layers), n_heads),
+            "head": np.tile(np.arange(n_heads), n_layers),
+            value: matrix.ravel(),
+        }
+    )
+
+
+def _save_npy(path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def write_tables(tables: dict, out_dir: str | Path) -> list[Path]:
+    """Write each table: DataFrame -> CSV, dict/list -> JSON, ndarray -> NPY (atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, value in tables.items():
+        if isinstance(value, pd.DataFrame):
+            path = out_dir / f"{name}.csv"
+            atomic_write(path, lambda tmp, v=value: v.to_csv(tmp, index=False))
+        elif isinstance(value, np.ndarray):
+            path = out_dir / f"{name}.npy"
+            atomic_write(path, lambda tmp, v=value: _save_npy(tmp, v))
+        else:
+            path = out_dir / f"{name}.json"
+            write_json(path, value)
+        written.append(path)
+    return written
+
+
+def read_tables(out_dir: str | Path) -> dict:
+    """Inverse of :func:`write_tables`."""
+    import json
+
+    tables = {}
+    for path in sorted(Path(out_dir).iterdir()):
+        if path.suffix == ".csv":
+            tables[path.stem] = pd.read_csv(path)
+        elif path.suffix == ".npy":
+            tables[path.stem] = np.load(path, allow_pickle=False)
+        elif path.suffix == ".json":
+            tables[path.stem] = json.loads(path.read_text())
+    return tables

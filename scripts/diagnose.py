@@ -1,0 +1,20 @@
+"""Rules diagnose_unit / diagnose_seeds / diagnose_methods: diagnostics tables of dumps."""
+
+from headattr.workflow import log_to
+
+log_to(snakemake.log[0])  # noqa: F821
+
+from headattr import diagnostics  # noqa: E402
+from headattr.dumps import load_dump  # noqa: E402
+
+sm = snakemake  # noqa: F821
+cfg = dict(sm.params.cfg)
+if sm.rule == "diagnose_unit":
+    tables = diagnostics.unit_diagnostics(load_dump(sm.input.dump), cfg)
+elif sm.rule == "diagnose_seeds":
+    tables = diagnostics.seed_diagnostics(load_dump(sm.input.dump_a), load_dump(sm.input.dump_b), sm.params.labels, cfg)
+else:
+    by_method = dict(zip(sm.params.methods, (load_dump(p) for p in sm.input.dumps), strict=True))
+    tables = diagnostics.method_diagnostics(by_method, cfg)
+for path in diagnostics.write_tables(tables, sm.output.tables):
+    print(f"wrote {path}")
