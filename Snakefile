@@ -14,6 +14,7 @@ include: "rules/masks.smk"
 include: "rules/attribution.smk"
 include: "rules/aggregate.smk"
 include: "rules/diagnostics.smk"
+include: "rules/validation.smk"
 include: "rules/report.smk"
 include: "rules/demo_model.smk"
 

@@ -31,6 +31,19 @@ class Unit:
     method: str
     slices: dict
     keys: dict
+    shards: tuple[str, ...] = ()
+
+
+def model_n_layers(path: str) -> int:
+    """Number of layers from a local checkpoint's config.json (needed to plan layer shards)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"shard.layers: needs a local model.path with a config.json to count layers ({path!r})")
+    cfg = json.loads(config_file.read_text())
+    for key in ("num_hidden_layers", "n_layer", "n_layers"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    raise ConfigError(f"shard.layers: cannot read the number of layers from {config_file}")
 
 
 def model_slice(config: dict) -> dict:
@@ -49,10 +62,35 @@ def data_slice(config: dict, seed: int) -> dict:
     }
 
 
+IG_METHODS = ("per_layer", "joint", "layered")
+
+
+def method_settings(config: dict, method: str) -> dict:
+    """The settings that determine a method's numbers (beyond data, masks and model)."""
+    g = config["ig"]
+    if method in IG_METHODS:
+        return {
+            "rule": g["rule"],
+            "steps": g["steps"],
+            "baseline": g["baseline"],
+            "lambdas": g["lambdas"] if method == "layered" else None,
+            "options": {},
+        }
+    if method.startswith("shapley"):
+        return {"options": dict(config["shapley"])}
+    if method == "first_order":
+        return {"options": dict(config["first_order"])}
+    return {"options": {}}
+
+
 def units(config: dict) -> list[Unit]:
     """Every (seed, method) unit of the run, in config order."""
+    from .shards import plan_shards
+
     out = []
     d, o, g = config["data"], config["objective"], config["ig"]
+    shard = config["shard"]
+    n_layers = model_n_layers(config["model"]["path"]) if shard["layers"] else 1
     for seed in config["seeds"]:
         data = data_slice(config, seed)
         tokens = {
@@ -76,10 +114,7 @@ def units(config: dict) -> list[Unit]:
                 "model": model_slice(config),
                 "weighting": o["weighting"],
                 "method": method,
-                "rule": g["rule"],
-                "steps": g["steps"],
-                "baseline": g["baseline"],
-                "lambdas": g["lambdas"] if method == "layered" else None,
+                **method_settings(config, method),
             }
             slices = {"data": data, "tokens": tokens, "masks": masks, "ig": ig}
             keys = {
@@ -88,7 +123,42 @@ def units(config: dict) -> list[Unit]:
                 "masks": stage_key(f"seed{seed}", masks),
                 "ig": stage_key(f"{method}-seed{seed}", ig),
             }
-            out.append(Unit(seed, method, slices, keys))
+            layer_shards = shard["layers"] if method in ("per_layer", "shapley_layer") else None
+            shards = plan_shards(d["max_samples"], n_layers, shard["samples"], layer_shards, method)
+            out.append(Unit(seed, method, slices, keys, tuple(shards)))
+    return out
+
+
+def heldout_units(config: dict) -> list[Unit]:
+    """Per seed: the held-out samples of pruning validation (data, tokens, masks keys), or none when disabled."""
+    val = config["validation"]
+    if not val["enabled"]:
+        return []
+    by_seed = {u.seed: u for u in units(config)}
+    out = []
+    for seed, unit in by_seed.items():
+        data = {**unit.slices["data"], "heldout": val["n_samples"]}
+        tokens = {**unit.slices["tokens"], "data": data}
+        masks = {**unit.slices["masks"], "tokens": tokens}
+        keys = {
+            "data": stage_key(f"heldout-seed{seed}", data),
+            "tokens": stage_key(f"heldout-seed{seed}", tokens),
+            "masks": stage_key(f"heldout-seed{seed}", masks),
+        }
+        out.append(Unit(seed, "heldout", {"data": data, "tokens": tokens, "masks": masks}, keys))
+    return out
+
+
+def validation_groups(config: dict) -> dict:
+    """Per seed: {key: (seed, {method: ig_key}, heldout unit)} for the pruning-validation rule."""
+    by = {(u.method, u.seed): u.keys["ig"] for u in units(config)}
+    out = {}
+    for held in heldout_units(config):
+        methods = {m: by[(m, held.seed)] for m in config["ig"]["methods"]}
+        key = stage_key(
+            f"seed{held.seed}-pruning", {"ig": methods, "heldout": held.keys["masks"], "v": config["validation"]}
+        )
+        out[key] = (held.seed, methods, held)
     return out
 
 

@@ -13,6 +13,7 @@ from .dumps import atomic_write
 from .plots import (
     category_heatmaps,
     convergence_plot,
+    deletion_plot,
     head_heatmap,
     layer_consistency,
     matrix_heatmap,
@@ -23,14 +24,15 @@ from .plots import (
 from .workflow import write_json
 
 
-def _wall_time(benchmark_tsv) -> float | None:
+def _wall_time(benchmark_tsvs) -> float | None:
+    """Total seconds of a unit's attribution jobs (one benchmark file per shard)."""
     try:
-        return float(pd.read_csv(benchmark_tsv, sep="\t")["s"].iloc[0])
+        return float(sum(pd.read_csv(p, sep="\t")["s"].iloc[0] for p in benchmark_tsvs))
     except (OSError, KeyError, IndexError, ValueError):
         return None
 
 
-def unit_summary(unit: dict, heads_csv, completeness_csv, benchmark_tsv, top_k: int) -> dict:
+def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
     """Digest of one (seed, method): sample count, completeness gaps, top heads, wall time."""
     heads = pd.read_csv(heads_csv)
     comp = pd.read_csv(completeness_csv)
@@ -50,7 +52,8 @@ def unit_summary(unit: dict, heads_csv, completeness_csv, benchmark_tsv, top_k: 
             {"label": r.label, "layer": int(r.layer), "head": int(r.head), "importance": float(r.importance)}
             for r in top.itertuples()
         ],
-        "wall_time_s": _wall_time(benchmark_tsv),
+        "n_shards": len(unit.get("benchmarks", [])),
+        "wall_time_s": _wall_time(unit.get("benchmarks", [])),
     }
 
 
@@ -239,6 +242,37 @@ def method_section(seed: int, diag: dict) -> str:
     return "\n".join(lines)
 
 
+def validation_section(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) -> tuple[str, dict]:
+    """Pruning validation of one seed: curves figure and methods ranked by faithfulness (AOPC vs random)."""
+    name = f"deletion_seed{seed}.png"
+    deletion_plot(curves, f"pruning on held-out samples, seed {seed}", figures_dir / name)
+    ranked = summary[summary["method"] != "random"]
+    most = ranked[ranked["order"] == "most_first"].sort_values("aopc_vs_random", ascending=False)
+    least = ranked[ranked["order"] == "least_first"].set_index(["mode", "method"])["removable_fraction"]
+    labels = [m + (" (iterative)" if mode == "iterative" else "") for mode, m in zip(most["mode"], most["method"],
+                                                                                    strict=True)]
+    table = pd.DataFrame({
+        "method": labels,
+        "AOPC (loss, most first)": most["aopc"].to_numpy(),
+        "random AOPC": most["random_aopc"].to_numpy(),
+        "AOPC - random": most["aopc_vs_random"].to_numpy(),
+        "removable fraction (least first)": [
+            least.get((mode, m), float("nan")) for mode, m in zip(most["mode"], most["method"], strict=True)
+        ],
+    })
+    text = "\n".join([
+        f"### Seed {seed}\n",
+        f"![deletion](figures/{name})\n",
+        "Held-out loss and accuracy as heads are switched off in each method's order (solid: most important "
+        "first; dashed: least important first) against random orders (grey band).\n",
+        "Methods ranked by faithfulness (higher AOPC - random: removing the heads a method ranks first hurts "
+        "more than removing random heads):\n",
+        _md_table(table, ".4f"),
+        "",
+    ])
+    return text, {"seed": seed, "ranking": table.to_dict("records")}
+
+
 def build_report(
     units: list[dict],
     inputs,
@@ -248,8 +282,9 @@ def build_report(
     figures_dir,
     seed_pairs: list[dict] = (),
     method_groups: list[dict] = (),
+    validation_seeds: list[int] = (),
 ) -> dict:
-    """Write report.md, summary.json and figures for every unit, seed pair and method group of the run."""
+    """Write report.md, summary.json and figures for every unit, seed pair, method group and validation."""
     from .diagnostics import read_tables
 
     figures_dir = Path(figures_dir)
@@ -258,10 +293,8 @@ def build_report(
     thresholds = config.get("diagnostics", {}).get("variance_thresholds", [0.001, 0.005])
     summaries, sections, diag_sections = [], [], []
     unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
-    for unit, heads_csv, comp_csv, bench, diag_dir in zip(
-        units, inputs.heads, inputs.completeness, inputs.benchmarks, unit_dirs, strict=True
-    ):
-        digest = unit_summary(unit, heads_csv, comp_csv, bench, top_k)
+    for unit, heads_csv, comp_csv, diag_dir in zip(units, inputs.heads, inputs.completeness, unit_dirs, strict=True):
+        digest = unit_summary(unit, heads_csv, comp_csv, top_k)
         name = f"heatmap_{unit['method']}_seed{unit['seed']}"
         matrix = score_matrix(pd.read_csv(heads_csv), "importance")
         head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / f"{name}.png")
@@ -295,6 +328,13 @@ def build_report(
                 "comparison": diag["comparison"].to_dict("records") if "comparison" in diag else [],
             }
         )
+    val_texts, val_heads = [], []
+    for seed, curves_csv, summary_csv in zip(
+        validation_seeds, getattr(inputs, "validation", []), getattr(inputs, "validation_summary", []), strict=True
+    ):
+        text, head = validation_section(seed, pd.read_csv(curves_csv), pd.read_csv(summary_csv), figures_dir)
+        val_texts.append(text)
+        val_heads.append(head)
     comp_rows = pd.DataFrame(
         [
             {
@@ -314,6 +354,7 @@ def build_report(
         "units": summaries,
         "seed_consistency": seed_heads,
         "method_comparison": method_heads,
+        "pruning_validation": val_heads,
     }
     parts = [
         f"# headattr report: run `{config['run']}`\n",
@@ -331,6 +372,10 @@ def build_report(
         parts += ["## Method comparison\n", *method_texts]
     if seed_texts:
         parts += ["## Cross-seed consistency (report 2)\n", *seed_texts]
+    if val_texts:
+        parts += ["## Pruning validation\n", *val_texts]
+    if val_texts:
+        parts += ["## Pruning validation\n", *val_texts]
     parts += ["## Settings\n", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n"]
     atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(parts)))
     write_json(summary_path, summary)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .aggregate import aggregate, completeness_table
 from .attribute import AttributionSettings, run_attribution
@@ -31,9 +32,18 @@ def model_family_and_shift(model_cfg: dict) -> tuple[str, bool]:
     return family, FAMILIES[family].shift_logits
 
 
-def sample_data(source: str, fields: dict, max_samples: int, stratify: bool, seed: int, out: str | Path) -> dict:
-    """Read the source, draw the seeded subset, write it as jsonl (one normalised record per line)."""
-    records = sample_records(to_records(read_table(source), fields), max_samples, seed, stratify)
+def sample_data(
+    source: str, fields: dict, max_samples: int, stratify: bool, seed: int, out: str | Path, heldout: int = 0
+) -> dict:
+    """Read the source, draw the seeded subset, write it as jsonl (one normalised record per line).
+
+    With ``heldout`` > 0 the output is instead the ``heldout`` records drawn right after the first
+    ``max_samples`` of the same seeded draw: disjoint from the attribution samples (pruning validation).
+    """
+    records = sample_records(to_records(read_table(source), fields), max_samples + heldout, seed, stratify)
+    records = records[max_samples:] if heldout else records
+    if not records:
+        raise DataError(f"data.source: no records left for held-out validation after {max_samples} samples")
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     categories = sorted({r["category"] for r in records})
@@ -75,14 +85,22 @@ def attribute(
     out,
     checkpoint_dir=None,
     meta: dict | None = None,
+    shard: str | None = None,
 ) -> dict:
-    """Load the model, run IG over every sample (checkpointing per sample) and write the dump."""
+    """Load the model, run IG over the shard's samples and layers (checkpointing per sample), write the dump."""
     from .models.adapters import Adapter
     from .models.loading import load_model
+    from .shards import parse_shard
 
     samples = unpack_samples(load_npz(tokens_path))
+    if shard is not None:
+        (first, end), layers = parse_shard(shard)
+        samples = samples[first:end]
+        if layers is not None:
+            settings = {**settings, "layers": list(range(*layers))}
     mask_arrays = load_npz(masks_path)
-    if [str(s) for s in mask_arrays["sample_ids"]] != [s.sample_id for s in samples]:
+    mask_ids = {str(s) for s in mask_arrays["sample_ids"]}
+    if not {s.sample_id for s in samples} <= mask_ids:
         raise DataError(f"{masks_path}: masks were drawn for other samples than {tokens_path}")
     model, tokenizer = load_model(
         model_cfg["path"],
@@ -100,7 +118,12 @@ def attribute(
     run_settings = AttributionSettings(**settings).validate()
     engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
     arrays, full_meta = run_attribution(
-        engine, samples, unpack_masks(mask_arrays), run_settings, meta, checkpoint_dir=checkpoint_dir
+        engine,
+        samples,
+        unpack_masks(mask_arrays),
+        run_settings,
+        {**(meta or {}), "shard": shard},
+        checkpoint_dir=checkpoint_dir,
     )
     save_npz(out, arrays, full_meta)
     return {
@@ -111,6 +134,15 @@ def attribute(
     }
 
 
+def gather_and_aggregate(shard_paths, dump_out, heads_out, completeness_out) -> dict:
+    """Gather shard dumps into the run's dump, then write its per-head and completeness tables."""
+    from .shards import gather
+
+    arrays, meta = gather([(Path(p).stem, load_npz(p)) for p in shard_paths])
+    save_npz(dump_out, arrays, meta)
+    return aggregate_dump(dump_out, heads_out, completeness_out)
+
+
 def aggregate_dump(dump_path, heads_out, completeness_out) -> dict:
     """Per-head table and per-(sample, p, path) completeness table of a dump."""
     arrays = load_dump(dump_path)
@@ -119,3 +151,66 @@ def aggregate_dump(dump_path, heads_out, completeness_out) -> dict:
     atomic_write(heads_out, lambda tmp: heads.to_csv(tmp, index=False))
     atomic_write(completeness_out, lambda tmp: comp.to_csv(tmp, index=False))
     return {"gap_abs_max": float(comp["gap"].abs().max()), "gap_rel_max": float(comp["rel_gap"].max())}
+
+
+def validate_pruning(
+    dump_paths: dict,
+    tokens_path,
+    masks_path,
+    model_cfg: dict,
+    objective: dict,
+    cfg: dict,
+    rows_per_pass: int,
+    curves_out,
+    summary_out,
+) -> dict:
+    """Deletion curves on held-out samples for every method's ranking (mean score over samples and p)."""
+    from .models.adapters import Adapter
+    from .models.loading import load_model
+    from .objective.loss import build_scored_input
+    from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
+
+    rankings = {m: load_dump(p)["ig"].astype(np.float64).mean((0, 1)) for m, p in dump_paths.items()}
+    samples = unpack_samples(load_npz(tokens_path))
+    masks = unpack_masks(load_npz(masks_path))
+    model, tokenizer = load_model(
+        model_cfg["path"],
+        model_cfg["dtype"],
+        model_cfg["device"],
+        model_cfg["trust_remote_code"],
+        model_cfg.get("attn_implementation"),
+    )
+    mask_id = model_cfg.get("mask_token_id")
+    adapter = Adapter(
+        model,
+        model_cfg["adapter"],
+        mask_token_id=mask_id if mask_id is not None else getattr(tokenizer, "mask_token_id", None),
+    )
+    probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
+    scored = [
+        build_scored_input(
+            s,
+            None if objective["kind"] == "causal" else masks[s.sample_id],
+            probs,
+            objective["kind"],
+            objective["weighting"],
+            adapter.mask_token_id,
+            adapter.shift_logits,
+        )
+        for s in samples
+    ]
+    engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
+    seeds = list(range(cfg["random_orders"]))
+    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds)
+    if cfg["iterative"]:
+        from .methods.first_order import first_order
+
+        reattribute = {"first_order": reattributor(first_order, engine, scored)}
+        curves = pd.concat(
+            [curves, iterative_deletion_curves(engine, scored, reattribute, cfg["fractions"], seeds=seeds)],
+            ignore_index=True,
+        )
+    summary = deletion_summary(curves, cfg["tolerance"])
+    atomic_write(curves_out, lambda tmp: curves.to_csv(tmp, index=False))
+    atomic_write(summary_out, lambda tmp: summary.to_csv(tmp, index=False))
+    return {"n_heldout": len(samples), "methods": list(rankings)}

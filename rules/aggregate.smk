@@ -1,7 +1,11 @@
 rule aggregate:
     input:
-        dump=f"{RESULTS}/ig/{{key}}/dump.npz",
+        shards=lambda wc: [
+            path("ig", wc.key, f"shards/{s}.npz")
+            for s in unit_for("ig", wc.key).shards
+        ],
     output:
+        dump=f"{RESULTS}/ig/{{key}}/dump.npz",
         heads=f"{RESULTS}/ig/{{key}}/heads.csv",
         completeness=f"{RESULTS}/ig/{{key}}/completeness.csv",
     log:

@@ -8,12 +8,12 @@ rule attribute:
         ),
         model=model_inputs(),
     output:
-        dump=f"{RESULTS}/ig/{{key}}/dump.npz",
-        manifest=f"{RESULTS}/ig/{{key}}/manifest.json",
+        shard=f"{RESULTS}/ig/{{key}}/shards/{{shard}}.npz",
+        manifest=f"{RESULTS}/ig/{{key}}/shards/{{shard}}.manifest.json",
     log:
-        f"{RESULTS}/logs/attribute/{{key}}.log",
+        f"{RESULTS}/logs/attribute/{{key}}/{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/attribute/{{key}}.tsv"
+        f"{RESULTS}/benchmarks/attribute/{{key}}/{{shard}}.tsv"
     conda:
         "../envs/engine.yaml"
     threads: 2
@@ -25,6 +25,6 @@ rule attribute:
         settings=ig_settings,
         model=model_settings(),
         rows_per_pass=config["ig"]["rows_per_pass"],
-        checkpoint_dir=lambda wc: f"{RESULTS}/ig/{wc.key}/partial",
+        checkpoint_dir=lambda wc: f"{RESULTS}/ig/{wc.key}/partial/{wc.shard}",
     script:
         "../scripts/attribute.py"

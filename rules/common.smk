@@ -7,9 +7,11 @@ from snakemake.utils import validate
 from headattr.config import (
     check_config,
     diagnostic_groups,
+    heldout_units,
     report_key,
     stage_key,
     units,
+    validation_groups,
 )
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
@@ -22,10 +24,15 @@ REPORT_KEY = report_key(config)
 
 wildcard_constraints:
     key=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    shard=r"s\d+-\d+_l(\d+-\d+|all)",
+
+
+HELDOUT = heldout_units(config)
+VALIDATION = validation_groups(config)
 
 
 def _by_key(stage):
-    return {u.keys[stage]: u for u in UNITS}
+    return {u.keys[stage]: u for u in UNITS + HELDOUT if stage in u.keys}
 
 
 DATA_UNITS, TOKEN_UNITS, MASK_UNITS, IG_UNITS = (
@@ -69,13 +76,14 @@ def data_inputs():
 def ig_settings(wildcards):
     """AttributionSettings fields of one (seed, method) unit."""
     unit = unit_for("ig", wildcards.key)
-    o, g = config["objective"], config["ig"]
+    o, ig = config["objective"], unit.slices["ig"]
     return {
         "method": unit.method,
-        "rule": g["rule"],
-        "steps": g["steps"],
-        "baseline": g["baseline"],
-        "lambdas": g["lambdas"] if unit.method == "layered" else None,
+        **{
+            k: ig[k]
+            for k in ("rule", "steps", "baseline", "lambdas", "options")
+            if k in ig
+        },
         "objective": o["kind"],
         "weighting": o["weighting"],
         "mask_probs": [1.0] if o["kind"] == "causal" else o["mask_probs"],

@@ -3,10 +3,18 @@ rule report:
         dumps=[path("ig", u.keys["ig"], "dump.npz") for u in UNITS],
         heads=[path("ig", u.keys["ig"], "heads.csv") for u in UNITS],
         completeness=[path("ig", u.keys["ig"], "completeness.csv") for u in UNITS],
-        benchmarks=[f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}.tsv" for u in UNITS],
+        benchmarks=[
+            [
+                f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}/{s}.tsv"
+                for s in u.shards
+            ]
+            for u in UNITS
+        ],
         unit_diag=[f"{RESULTS}/diagnostics/unit/{k}" for k in DIAG["unit"]],
         seed_diag=[f"{RESULTS}/diagnostics/seeds/{k}" for k in DIAG["seeds"]],
         method_diag=[f"{RESULTS}/diagnostics/methods/{k}" for k in DIAG["methods"]],
+        validation=[f"{RESULTS}/validation/{k}/curves.csv" for k in VALIDATION],
+        validation_summary=[f"{RESULTS}/validation/{k}/summary.csv" for k in VALIDATION],
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",
         summary=f"{RESULTS}/reports/{{key}}/summary.json",
@@ -25,12 +33,24 @@ rule report:
     conda:
         "../envs/analysis.yaml"
     params:
-        units=[{"seed": u.seed, "method": u.method, "key": u.keys["ig"]} for u in UNITS],
+        units=[
+            {
+                "seed": u.seed,
+                "method": u.method,
+                "key": u.keys["ig"],
+                "benchmarks": [
+                    f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}/{s}.tsv"
+                    for s in u.shards
+                ],
+            }
+            for u in UNITS
+        ],
         seed_pairs=[
             {"method": m, "seed_a": a, "seed_b": b}
             for m, a, b, _, _ in DIAG["seeds"].values()
         ],
         method_groups=[{"seed": s} for s, _ in DIAG["methods"].values()],
+        validation_seeds=[seed for seed, _, _ in VALIDATION.values()],
         config=config,
     script:
         "../scripts/report.py"

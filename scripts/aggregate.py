@@ -1,4 +1,4 @@
-"""Rule aggregate: per-head table and completeness table of one dump."""
+"""Rule aggregate: gather the shards into the dump, then the per-head and completeness tables."""
 
 from headattr.workflow import log_to
 
@@ -7,4 +7,4 @@ log_to(snakemake.log[0])  # noqa: F821
 from headattr import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
-print(stages.aggregate_dump(sm.input.dump, sm.output.heads, sm.output.completeness))
+print(stages.gather_and_aggregate(sm.input.shards, sm.output.dump, sm.output.heads, sm.output.completeness))

@@ -1,4 +1,4 @@
-"""Rule attribute: IG over head gates for every sample of one (seed, method), checkpointed per sample."""
+"""Rule attribute: IG over head gates for one shard of one (seed, method), checkpointed per sample."""
 
 import os
 import shutil
@@ -13,16 +13,17 @@ from headattr import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(max(1, sm.threads))
-print(f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', '')} threads={sm.threads}")
+print(f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', '')} threads={sm.threads} shard={sm.wildcards.shard}")
 info = stages.attribute(
     sm.input.tokens,
     sm.input.masks,
     sm.params.model,
     sm.params.settings,
     sm.params.rows_per_pass,
-    sm.output.dump,
+    sm.output.shard,
     checkpoint_dir=sm.params.checkpoint_dir,
     meta={"params": sm.params.slice},
+    shard=sm.wildcards.shard,
 )
 write_manifest(sm.output.manifest, sm.params.slice, [sm.input.tokens, sm.input.masks], started, {"result": info})
 shutil.rmtree(sm.params.checkpoint_dir, ignore_errors=True)

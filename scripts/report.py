@@ -16,4 +16,5 @@ build_report(
     sm.output.figures,
     sm.params.seed_pairs,
     sm.params.method_groups,
+    sm.params.validation_seeds,
 )

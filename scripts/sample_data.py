@@ -1,4 +1,4 @@
-"""Rule sample_data: draw the seeded subset of records."""
+"""Rule sample_data: draw the seeded subset of records (or the held-out records after it)."""
 
 from headattr.workflow import log_to, write_manifest
 
@@ -6,14 +6,16 @@ started = log_to(snakemake.log[0])  # noqa: F821
 
 from headattr import stages  # noqa: E402
 
-params = snakemake.params.slice  # noqa: F821
+sm = snakemake  # noqa: F821
+params = sm.params.slice
 info = stages.sample_data(
     params["source"],
     params["fields"],
     params["max_samples"],
     params["stratify"],
     params["data_seed"],
-    snakemake.output.records,  # noqa: F821
+    sm.output.records,
+    heldout=sm.params.heldout,
 )
 print(f"sampled {info['n_records']} records from {params['source']} (categories {info['categories']})")
-write_manifest(snakemake.output.manifest, params, snakemake.input, started, {"result": info})  # noqa: F821
+write_manifest(sm.output.manifest, params, sm.input, started, {"result": info})

@@ -125,7 +125,7 @@ def test_full_tiny_run_outputs_and_manifests(tiny_run):
     assert {"seed_consistency", "method_comparison"} <= set(summary)
     assert all("diagnostics" in u for u in summary["units"])
     assert (results / "tiny" / "figures" / "heatmap_joint_seed2.png").stat().st_size > 1000
-    logs = list((results / "logs" / "attribute").glob("*.log"))
+    logs = list((results / "logs" / "attribute").glob("*/*.log"))
     assert len(logs) == 4 and all("SLURM_JOB_ID=" in p.read_text() for p in logs)
     # the same samples and masks feed both methods of a seed
     keys = {(u["seed"], u["method"]): u["key"] for u in summary["units"]}
