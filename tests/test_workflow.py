@@ -67,14 +67,15 @@ def test_tiny_dry_run_plans_every_stage(tmp_path):
     write_tiny_project(tmp_path)
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs == {
-        "sample_data": 2,
-        "tokenize": 2,
-        "draw_masks": 2,
+        "sample_data": 4,
+        "tokenize": 4,
+        "draw_masks": 4,
         "attribute": 4,
         "aggregate": 4,
         "diagnose_unit": 4,
         "diagnose_seeds": 2,
         "diagnose_methods": 2,
+        "validate_pruning": 2,
         "report": 1,
         "all": 1,
     }
@@ -115,6 +116,7 @@ def test_full_tiny_run_outputs_and_manifests(tiny_run):
         "#### Top-K overlap",
         "#### Score distributions",
         "#### Layer trend",
+        "## Pruning validation",
         "## Settings",
     ):
         assert heading in report, heading
@@ -148,6 +150,7 @@ def test_incremental_rebuild_after_a_parameter_change(tiny_run):
             "diagnose_unit": 4,
             "diagnose_seeds": 2,
             "diagnose_methods": 2,
+            "validate_pruning": 2,
             "report": 1,
             "all": 1,
         }
@@ -155,7 +158,7 @@ def test_incremental_rebuild_after_a_parameter_change(tiny_run):
         config["objective"]["mask_probs"] = [0.3, 0.5]
         config["ig"]["steps"] = 2
         config_path.write_text(yaml.safe_dump(config))
-        assert planned_jobs(snakemake(tiny_run, "-n")) == {"draw_masks": 2, "attribute": 4, **downstream}
+        assert planned_jobs(snakemake(tiny_run, "-n")) == {"draw_masks": 4, "attribute": 4, **downstream}
     finally:
         config_path.write_text(original)
     assert planned_jobs(snakemake(tiny_run, "-n")) == {}
