@@ -209,6 +209,29 @@ def _is_local_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def validate_config(config: dict, root: Path | str = ".") -> dict:
+    """Fill defaults and validate ``config`` against the JSON schema (snakemake.utils.validate), then
+    :func:`check_config`. Raises before any rule runs, naming the key."""
+    import jsonschema
+    import yaml
+    from snakemake.utils import validate
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [
+            f"config key '{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}': {e.message}" for e in errors
+        ]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    validate(config, schema=str(SCHEMA), set_default=True)
+    check_config(config, root)
+    units(config)
+    return config
+
+
 def check_config(config: dict, root: Path | str = ".") -> None:
     """Checks beyond the JSON schema, before any rule runs; each error names the key."""
     root = Path(root)
@@ -221,8 +244,13 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
         raise ConfigError(f"model.path: {model_path!r} does not exist")
     source = config["data"]["source"]
-    if source != "demo" and not source.startswith("hf:") and not (root / source).is_file():
-        raise ConfigError(f"data.source: file {source!r} does not exist")
+    if source != "demo" and not source.startswith("hf:"):
+        from .data.sources import FILE_SUFFIXES
+
+        if not source.endswith(FILE_SUFFIXES):
+            raise ConfigError(f"data.source: {source!r} is not 'demo', 'hf:NAME' or a file ending in {FILE_SUFFIXES}")
+        if not (root / source).is_file():
+            raise ConfigError(f"data.source: file {source!r} does not exist")
     device = config["model"]["device"]
     if device.startswith("cuda"):
         import torch

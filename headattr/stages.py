@@ -19,7 +19,7 @@ from .data.sources import read_table, sample_records, to_records
 from .data.tokenize import tokenize_records
 from .dumps import atomic_write, load_dump, load_npz, save_npz
 from .engine import GateEngine
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .objective.masking import draw_masks, pack_masks, unpack_masks
 
 
@@ -30,6 +30,14 @@ def model_family_and_shift(model_cfg: dict) -> tuple[str, bool]:
 
     family = family_from_config(load_config(model_cfg["path"], model_cfg["trust_remote_code"]), model_cfg["adapter"])
     return family, FAMILIES[family].shift_logits
+
+
+def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
+    """True when no mask token id is known for the diffusion objective (family default or tokenizer)."""
+    from .models.adapters import FAMILIES
+
+    family, _ = model_family_and_shift(model_cfg)
+    return FAMILIES[family].mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None
 
 
 def sample_data(
@@ -50,12 +58,29 @@ def sample_data(
     return {"n_records": len(records), "categories": categories}
 
 
-def tokenize(records_path, model_cfg: dict, max_len: int, length_policy: str, chat_template: bool, out) -> dict:
+def tokenize(
+    records_path,
+    model_cfg: dict,
+    max_len: int,
+    length_policy: str,
+    chat_template: bool,
+    out,
+    objective: str = "diffusion",
+) -> dict:
     """Tokenize the sampled records with the model's tokenizer; write the packed samples."""
     from transformers import AutoTokenizer
 
     _, shift = model_family_and_shift(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
+    if (
+        objective == "diffusion"
+        and model_cfg.get("mask_token_id") is None
+        and objective_needs_mask(model_cfg, tokenizer)
+    ):
+        raise ConfigError(
+            f"model.mask_token_id: the tokenizer of {model_cfg['path']!r} has no mask token and the model family "
+            "has no known mask id; set model.mask_token_id (or use objective.kind: causal)"
+        )
     records = to_records(read_table(str(records_path)))
     samples, report = tokenize_records(records, tokenizer, max_len, length_policy, chat_template, shift)
     save_npz(out, pack_samples(samples), {"tokenize": report.as_dict()})

@@ -2,20 +2,17 @@
 
 from pathlib import Path
 
-from snakemake.utils import validate
-
 from headattr.config import (
-    check_config,
     diagnostic_groups,
     heldout_units,
     report_key,
     stage_key,
     units,
+    validate_config,
     validation_groups,
 )
 
-validate(config, schema="../schemas/config.schema.yaml", set_default=True)
-check_config(config, Path.cwd())
+validate_config(config, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)

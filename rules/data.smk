@@ -40,5 +40,6 @@ rule tokenize:
         slice=lambda wc: unit_for("tokens", wc.key).slices["tokens"],
         model=model_settings(),
         data=config["data"],
+        objective=config["objective"]["kind"],
     script:
         "../scripts/tokenize.py"
