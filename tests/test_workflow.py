@@ -137,6 +137,13 @@ def test_full_tiny_run_outputs_and_manifests(tiny_run):
     assert np.allclose(a["loss_full"], b["loss_full"])
 
 
+def test_snakemake_html_report(tiny_run):
+    result = snakemake(tiny_run, "--report", "report.html")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    html = (tiny_run / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "heatmap_per_layer_seed1" in html
+
+
 def test_incremental_rebuild_after_a_parameter_change(tiny_run):
     config_path = tiny_run / "config.yaml"
     original = config_path.read_text()
