@@ -11,6 +11,8 @@ import numpy as np
 from helpers import write_tiny_project
 from test_workflow import SNAKEFILE, snakemake
 
+NO_VALIDATION = {"validation": {"enabled": False}}
+
 
 def dumps_of(root):
     out = {}
@@ -32,8 +34,10 @@ def test_sharded_run_gathers_to_the_unsharded_dump(tmp_path):
     plain, sharded = tmp_path / "plain", tmp_path / "sharded"
     for root, shard in ((plain, {}), (sharded, {"shard": {"samples": 3, "layers": 2}})):
         root.mkdir()
-        write_tiny_project(root, methods=("per_layer", "joint"), seeds=(5,), n_samples=5, extra=shard)
-        result = snakemake(root, "--cores", "2")
+        write_tiny_project(
+            root, methods=("per_layer", "joint"), seeds=(5,), n_samples=5, extra={**NO_VALIDATION, **shard}
+        )
+        result = snakemake(root, "--cores", "2", "--until", "aggregate")
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     shards = sorted(p.name for p in (sharded / "results" / "ig").glob("per_layer-*/shards/*.npz"))
     assert shards == ["s0-3_l0-2.npz", "s0-3_l2-3.npz", "s3-5_l0-2.npz", "s3-5_l2-3.npz"]
@@ -44,10 +48,13 @@ def test_killed_attribution_resumes_to_identical_results(tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     for root in (killed, reference):
         root.mkdir()
-        write_tiny_project(root, methods=("per_layer",), seeds=(3,), n_samples=8, steps=16)
+        write_tiny_project(root, methods=("per_layer",), seeds=(3,), n_samples=8, steps=16, extra=NO_VALIDATION)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "1"], cwd=killed,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "1", "--until", "aggregate"],
+        cwd=killed,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     try:
@@ -62,10 +69,10 @@ def test_killed_attribution_resumes_to_identical_results(tmp_path):
     assert 3 <= len(list((killed / "results" / "ig").glob("*/partial/*/*.npz"))) < 8, "kill must land halfway"
     assert not list((killed / "results" / "ig").glob("*/dump.npz"))
     assert snakemake(killed, "--unlock").returncode == 0
-    again = snakemake(killed, "--cores", "1", "--rerun-incomplete")
+    again = snakemake(killed, "--cores", "1", "--rerun-incomplete", "--until", "aggregate")
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     log = next((killed / "results" / "logs" / "attribute").glob("*/*.log")).read_text()
     resumed = [int(x) for x in re.findall(r"resumed (\d+)/8 samples", log)]
     assert resumed and resumed[-1] >= 3
-    assert snakemake(reference, "--cores", "1").returncode == 0
+    assert snakemake(reference, "--cores", "1", "--until", "aggregate").returncode == 0
     assert_same_dumps(dumps_of(killed), dumps_of(reference))
