@@ -1,0 +1,359 @@
+"""Train the demo masked-diffusion LM: a small BertForMaskedLM with the LLaDA objective, on CPU.
+
+The objective (LLaDA, Nie et al. 2025): for each sequence draw t ~ U(0, 1), set p = (1 - eps) t + eps,
+replace every ordinary token by [MASK] with probability p, and minimise sum over masked tokens of
+CE / p, divided by batch * length. The acceptance check is held-out masked-token accuracy at p = 0.15
+(fixed seeded masks) against the unigram baseline (always predict the most frequent training token).
+
+    python -m headattr.demo.train resources/demo/corpus.jsonl.gz resources/demo/model [--config cfg.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import transformers
+import yaml
+from torch import nn
+from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
+
+from .corpus import read_jsonl
+from .tokenizer import train_tokenizer
+
+DEFAULT_CFG = {
+    "seed": 0,
+    "heldout_frac": 0.05,
+    "vocab_size": 6000,
+    "seq_len": 128,
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_heads": 4,
+    "intermediate_size": 512,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "weight_decay": 0.01,
+    "warmup_steps": 150,
+    "max_steps": 1800,
+    "max_minutes": 25.0,
+    "eps": 1e-3,
+    "eval_p": 0.15,
+    "threads": 1,
+    "log_every": 25,
+}
+BUCKET = 256
+
+
+def text_of(record: dict) -> str:
+    """Training text of a corpus record."""
+    return record["prompt"] + "\n" + record["response"]
+
+
+def encode(tok: PreTrainedTokenizerFast, records: list[dict]) -> list[list[int]]:
+    """Token ids of each record's text, without special tokens (rows add them)."""
+    return tok([text_of(r) for r in records], add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def is_heldout(record_id: str, seed: int, frac: float) -> bool:
+    """Seeded, order-independent split: hash of (seed, id) mapped to [0, 1)."""
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < frac
+
+
+def chunks(ids: list[int], size: int) -> list[list[int]]:
+    """Split a token list into consecutive pieces of at most size tokens."""
+    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+
+
+def pack_rows(
+    token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int, pack: bool
+) -> torch.Tensor:
+    """Rows of [CLS] piece [SEP] (piece [SEP] ...) [PAD]...; pack=True fills rows greedily with whole pieces.
+
+    Long texts are cut into pieces of seq_len - 2 tokens. Packing avoids spending CPU time on padding.
+    """
+    rows: list[list[int]] = []
+    for ids in token_lists:
+        for piece in chunks(ids, seq_len - 2):
+            if pack and rows and len(rows[-1]) + len(piece) + 1 <= seq_len:
+                rows[-1] += piece + [sep_id]
+            else:
+                rows.append([cls_id] + piece + [sep_id])
+    return torch.tensor([r + [pad_id] * (seq_len - len(r)) for r in rows], dtype=torch.long)
+
+
+def mask_tokens(
+    rows: torch.Tensor, maskable: torch.Tensor, p: torch.Tensor, mask_id: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace each maskable token by mask_id with its row's probability p; returns (inputs, masked)."""
+    masked = (torch.rand(rows.shape, generator=gen) < p[:, None]) & maskable
+    return rows.masked_fill(masked, mask_id), masked
+
+
+def masked_logits(
+    model: BertForMaskedLM, inputs: torch.Tensor, attention: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
+    """Vocabulary logits at the masked positions only, in masked.nonzero() order.
+
+    The LM head is the costly part on CPU, so it runs on masked positions only; their count is padded up to
+    a multiple of BUCKET so that oneDNN sees few distinct shapes (each new shape grows its primitive cache).
+    """
+    hidden = model.bert(input_ids=inputs, attention_mask=attention).last_hidden_state.flatten(0, 1)
+    where = masked.flatten().nonzero().squeeze(1)
+    padded = torch.cat([where, where.new_zeros(-where.numel() % BUCKET)])
+    return model.cls(hidden[padded])[: where.numel()]
+
+
+def mdlm_loss(
+    model: BertForMaskedLM,
+    rows: torch.Tensor,
+    maskable: torch.Tensor,
+    pad_id: int,
+    mask_id: int,
+    eps: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """LLaDA loss of one batch: sum over masked tokens of CE / p, divided by batch * length.
+
+    t is drawn stratified over the batch (row i gets t in [i/B, (i+1)/B)): rows come in random order, so each
+    row's t is still U(0, 1), but the batch covers the range evenly, which lowers the loss variance.
+    """
+    n = rows.shape[0]
+    t = (torch.arange(n) + torch.rand(n, generator=gen)) / n
+    p = (1 - eps) * t + eps
+    inputs, masked = mask_tokens(rows, maskable, p, mask_id, gen)
+    logits = masked_logits(model, inputs, rows.ne(pad_id), masked)
+    ce = nn.functional.cross_entropy(logits, rows[masked], reduction="none")
+    weight = (1 / p)[:, None].expand_as(rows)[masked]
+    return (ce * weight).sum() / rows.numel()
+
+
+@torch.no_grad()
+def evaluate(
+    model: BertForMaskedLM,
+    rows: torch.Tensor,
+    maskable: torch.Tensor,
+    pad_id: int,
+    mask_id: int,
+    cfg: dict,
+    unigram_id: int,
+) -> dict:
+    """Held-out accuracy and CE at p = eval_p, unigram baseline, and the MDLM loss, all with fixed masks.
+
+    Held-out rows hold one record (piece) each, as at inference; heldout_loss divides by batch * length
+    like the training loss, so its padding lowers it compared with packed training rows.
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    p = torch.full((rows.shape[0],), cfg["eval_p"])
+    correct = baseline = total = 0
+    ce_sum = loss_sum = 0.0
+    for start in range(0, rows.shape[0], 64):
+        batch, ok = rows[start : start + 64], maskable[start : start + 64]
+        attention = batch.ne(pad_id)
+        inputs, masked = mask_tokens(batch, ok, p[: batch.shape[0]], mask_id, gen)
+        logits = masked_logits(model, inputs, attention, masked)
+        target = batch[masked]
+        correct += int((logits.argmax(-1) == target).sum())
+        baseline += int((target == unigram_id).sum())
+        total += int(target.numel())
+        ce_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+        loss_sum += float(mdlm_loss(model, batch, ok, pad_id, mask_id, cfg["eps"], gen)) * batch.shape[0]
+    model.train()
+    acc, base = correct / max(total, 1), baseline / max(total, 1)
+    return {
+        "heldout_accuracy": acc,
+        "unigram_baseline_accuracy": base,
+        "accuracy_ratio": acc / base if base else None,
+        "heldout_ce": ce_sum / max(total, 1),
+        "heldout_loss": loss_sum / max(rows.shape[0], 1),
+        "heldout_masked_tokens": total,
+    }
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this file, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+@contextmanager
+def torch_settings(seed: int, threads: int) -> Iterator[None]:
+    """Seeded, deterministic torch with a fixed thread count inside; the caller's settings are restored after."""
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before[0])
+            torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+
+
+def build_model(cfg: dict, tok: PreTrainedTokenizerFast) -> BertForMaskedLM:
+    """Post-norm BERT encoder with a tied MLM head, no dropout, eager attention (hookable per head)."""
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_layers"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=cfg["intermediate_size"],
+        max_position_embeddings=cfg["seq_len"],
+        type_vocab_size=1,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    return BertForMaskedLM(config)
+
+
+def train_mdlm(corpus_path: str | Path, out_dir: str | Path, cfg: dict | None = None) -> dict:
+    """Train tokenizer and model on corpus_path, save both plus manifest.json to out_dir; return the manifest.
+
+    cfg keys (defaults in DEFAULT_CFG are the shipped checkpoint's):
+      seed: seeds the split, init, batch order and masks;  heldout_frac: share of records held out;
+      vocab_size: BPE vocabulary;  seq_len: row length (also max positions);
+      hidden_size, num_layers, num_heads, intermediate_size: BERT shape;
+      batch_size, lr, weight_decay, warmup_steps, max_steps: AdamW with warmup + cosine decay;
+      max_minutes: wall-clock stop (runs are deterministic only when max_steps is reached first);
+      eps: minimum mask probability;  eval_p: mask probability of the held-out check;
+      threads: torch CPU threads;  log_every: progress line period (stderr).
+    """
+    cfg = {**DEFAULT_CFG, **(cfg or {})}
+    with torch_settings(cfg["seed"], cfg["threads"]):
+        return _train(Path(corpus_path), Path(out_dir), cfg)
+
+
+def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    records = read_jsonl(corpus_path)
+    heldout = [r for r in records if is_heldout(r["id"], cfg["seed"], cfg["heldout_frac"])]
+    train = [r for r in records if not is_heldout(r["id"], cfg["seed"], cfg["heldout_frac"])]
+    tok = train_tokenizer([text_of(r) for r in train], cfg["vocab_size"], out_dir, cfg["seq_len"])
+    special = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id)
+    train_ids, heldout_ids = encode(tok, train), encode(tok, heldout)
+    train_rows = pack_rows(train_ids, cfg["seq_len"], pack=True, **special)
+    heldout_rows = pack_rows(heldout_ids, cfg["seq_len"], pack=False, **special)
+    specials = torch.tensor(sorted(tok.all_special_ids))
+    train_ok, heldout_ok = ~torch.isin(train_rows, specials), ~torch.isin(heldout_rows, specials)
+    unigram_id = int(torch.bincount(train_rows[train_ok], minlength=len(tok)).argmax())
+
+    model = build_model(cfg, tok)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, cfg["warmup_steps"], cfg["max_steps"]))
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    order, cursor, step = torch.randperm(len(train_rows), generator=gen), 0, 0
+    model.train()
+    while step < cfg["max_steps"] and time.monotonic() - started < 60 * cfg["max_minutes"]:
+        if cursor + cfg["batch_size"] > len(order):
+            order, cursor = torch.randperm(len(train_rows), generator=gen), 0
+        idx = order[cursor : cursor + cfg["batch_size"]]
+        cursor += cfg["batch_size"]
+        loss = mdlm_loss(model, train_rows[idx], train_ok[idx], tok.pad_token_id, tok.mask_token_id, cfg["eps"], gen)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        step += 1
+        if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
+            print(
+                f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"elapsed {time.monotonic() - started:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    metrics = evaluate(model, heldout_rows, heldout_ok, tok.pad_token_id, tok.mask_token_id, cfg, unigram_id)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    manifest = {
+        "cfg": cfg,
+        "corpus": str(corpus_path),
+        "corpus_sha256": hashlib.sha256(Path(corpus_path).read_bytes()).hexdigest(),
+        "n_train_records": len(train),
+        "n_heldout_records": len(heldout),
+        "n_train_tokens": sum(map(len, train_ids)),
+        "n_heldout_tokens": sum(map(len, heldout_ids)),
+        "n_train_rows": len(train_rows),
+        "steps": step,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "unigram_token": tok.convert_ids_to_tokens(unigram_id),
+        **metrics,
+        "wall_time_s": round(time.monotonic() - started, 1),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "git_commit": git_commit(),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        json.dumps(
+            {
+                k: manifest[k]
+                for k in (
+                    "heldout_accuracy",
+                    "unigram_baseline_accuracy",
+                    "accuracy_ratio",
+                    "heldout_loss",
+                    "wall_time_s",
+                )
+            }
+        ),
+        file=sys.stderr,
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus")
+    parser.add_argument("out_dir")
+    parser.add_argument("--config", help="YAML file with cfg keys (see train_mdlm)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override cfg keys")
+    args = parser.parse_args(argv)
+    cfg = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        if key not in DEFAULT_CFG:
+            parser.error(f"unknown cfg key {key}")
+        cfg[key] = yaml.safe_load(value)
+    train_mdlm(args.corpus, args.out_dir, cfg)
+
+
+if __name__ == "__main__":
+    main()
