@@ -68,7 +68,48 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--mask-seed", type=int)
     att.add_argument("--rows-per-pass", type=int)
     att.add_argument("--out")
+    est = sub.add_parser("estimate", help="row-passes, FLOPs and expected wall time of an IG run (no model weights)")
+    est.add_argument("--model", required=True, help="local path or hub id (only its config is read)")
+    est.add_argument("--seq-len", type=int, required=True)
+    est.add_argument("--samples", type=int, default=1)
+    est.add_argument("--mask-probs", type=int, default=5, help="number of mask probabilities")
+    est.add_argument("--steps", type=int, default=8)
+    est.add_argument("--method", choices=["per_layer", "joint", "layered"], default="per_layer")
+    est.add_argument("--rule", default="riemann_right", help="quadrature rule")
+    est.add_argument("--device-class", help="one of the cost table's classes (default: all)")
+    est.add_argument("--dtype", default="bfloat16", help="weights dtype, for the memory estimate")
+    est.add_argument("--no-prefix-cache", action="store_true")
+    est.add_argument("--trust-remote-code", action="store_true")
     return parser
+
+
+def run_estimate(args: argparse.Namespace) -> str:
+    """Print (and return) :func:`headattr.cost.format_estimate` for the model config at ``args.model``."""
+    from .cost import DEVICE_FLOPS, ModelDims, estimate, format_estimate, row_bytes
+    from .models.loading import load_config, resolve_dtype
+
+    if args.device_class and args.device_class not in DEVICE_FLOPS:
+        raise HeadattrError(f"--device-class: {args.device_class!r} is not one of {sorted(DEVICE_FLOPS)}")
+    config = load_config(args.model, args.trust_remote_code)
+    try:
+        dims = ModelDims.from_config(config, resolve_dtype(args.dtype).itemsize)
+    except ValueError as exc:
+        raise HeadattrError(f"--model {args.model}: {exc}") from exc
+    est = estimate(
+        dims,
+        args.seq_len,
+        args.samples,
+        args.mask_probs,
+        args.steps,
+        args.method,
+        not args.no_prefix_cache,
+        args.device_class,
+        args.rule,
+    )
+    mib = row_bytes(dims, args.seq_len, dims.n_layers, args.seq_len // 2, attention_matrix=False) / 2**20
+    text = format_estimate(est) + f"\n  activation memory: ~{mib:,.0f} MiB per row through all layers (fused attention)"
+    print(text)
+    return text
 
 
 def resolve_options(args: argparse.Namespace) -> dict:
@@ -140,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "attribute":
             run_attribute(resolve_options(args))
+        elif args.command == "estimate":
+            run_estimate(args)
     except HeadattrError as exc:
         print(f"headattr: error: {exc}", file=sys.stderr)
         return 2

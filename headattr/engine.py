@@ -6,21 +6,42 @@ the gradient of the summed row losses with respect to the stacked gates is every
 
 Speed-ups that live here, beneath all methods: model parameters never require grad; vocabulary logits are
 computed only at scored positions (a pre-hook on the adapter's head module selects them before the
-projection to the vocabulary).
+projection to the vocabulary); no key/value cache is built; and prefix caching (``from_layer``): a row whose
+gates below layer l are all 1 runs only layers l..L-1 from the hidden states cached by one all-on pass per
+sample (see :mod:`headattr.prefix`), so per-layer IG runs about half the layers and backpropagates through fewer.
+Rows per pass come from ``rows_per_pass`` or, when that is None, from a memory budget (see :mod:`headattr.cost`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import os
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
+from .cost import choose_rows, dims_from_model, row_bytes
 from .errors import NonFiniteError
 from .models.adapters import Adapter
 from .models.gates import HeadGates
 from .objective.loss import ScoredInput
+from .prefix import LayerStack
+
+MAX_AUTO_ROWS = 256
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Activation bytes per pass when none is given: 80% of free CUDA memory, else 25% of available RAM (<= 8 GiB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(0.8 * (free + reusable))
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 8 << 30
+    return int(min(0.25 * available, 8 << 30))
 
 
 class GateEngine:
@@ -28,21 +49,42 @@ class GateEngine:
 
     Args:
         adapter: the model seen as gateable heads.
-        rows_per_pass (int): rows per forward pass (memory knob). Default: 16.
+        rows_per_pass (int | None): rows per forward pass (memory knob). None: chosen per pass from
+            ``memory_budget`` and the model config. Default: 16.
         autocast_dtype: e.g. ``torch.bfloat16`` on GPU; gates and accumulators stay fp32 regardless.
+        prefix_cache (bool): honour ``from_layer`` (run only the layers above it from cached hidden states).
+            False runs every row through the whole model (the reference behaviour). Default: True.
+        memory_budget (int | None): activation bytes per pass for ``rows_per_pass=None``; default
+            :func:`default_memory_budget`.
     """
 
-    def __init__(self, adapter: Adapter, rows_per_pass: int = 16, autocast_dtype: torch.dtype | None = None):
-        if rows_per_pass < 1:
-            raise ValueError("rows_per_pass must be >= 1")
+    def __init__(
+        self,
+        adapter: Adapter,
+        rows_per_pass: int | None = 16,
+        autocast_dtype: torch.dtype | None = None,
+        prefix_cache: bool = True,
+        memory_budget: int | None = None,
+    ):
+        if rows_per_pass is not None and rows_per_pass < 1:
+            raise ValueError("rows_per_pass must be >= 1 (or None for the memory-budget chooser)")
         self.adapter = adapter
         self.model = adapter.model
         self.model.eval()
         for param in self.model.parameters():
             param.requires_grad_(False)
         self.device = next(self.model.parameters()).device
-        self.rows_per_pass = int(rows_per_pass)
+        self.rows_per_pass = None if rows_per_pass is None else int(rows_per_pass)
         self.autocast_dtype = autocast_dtype
+        self.prefix_cache = bool(prefix_cache)
+        self.memory_budget = memory_budget
+        self._stack = LayerStack(adapter) if self.prefix_cache else None
+        self._prefix: tuple[ScoredInput, dict[int, torch.Tensor]] | None = None
+        self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
+        try:
+            self._dims = dims_from_model(self.model)
+        except ValueError:
+            self._dims = None
         self._gates = HeadGates(adapter)
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._selected = False
@@ -55,9 +97,23 @@ class GateEngine:
     def close(self) -> None:
         """Remove every hook this engine installed."""
         self._gates.remove()
+        self.clear_prefix()
         if self._head_handle is not None:
             self._head_handle.remove()
             self._head_handle = None
+
+    def prepare_prefix(self, scored: ScoredInput) -> None:
+        """Cache the hidden states entering every layer above 0 in one all-on pass (no-op without prefix caching).
+
+        Caching all layers at once makes every later row independent of which layers were asked for first, so a
+        layer-sharded run computes the same bits as an unsharded one.
+        """
+        if self.prefix_cache and self.adapter.n_layers > 1:
+            self._ensure_prefix(scored, list(range(1, self.adapter.n_layers)))
+
+    def clear_prefix(self) -> None:
+        """Drop the cached hidden states of the last sample (they are replaced anyway by the next one)."""
+        self._prefix = None
 
     def _select_hook(self, module, args):
         if self._selection is None or not args:
@@ -66,9 +122,11 @@ class GateEngine:
         self._selected = True
         return (args[0][rows, pos].unsqueeze(0), *args[1:])
 
-    def losses(self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None) -> torch.Tensor:
-        """Loss of every row, float64 [rows]. ``gates`` is [rows, n_layers, n_heads]."""
-        return self._run(scored, row_p, gates, False, describe)[0]
+    def losses(
+        self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None, from_layer=None
+    ) -> torch.Tensor:
+        """Loss of every row, float64 [rows]. ``gates`` is [rows, n_layers, n_heads]; ``from_layer`` see below."""
+        return self._run(scored, row_p, gates, False, describe, from_layer=from_layer)[0]
 
     def losses_and_accuracy(
         self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None
@@ -78,33 +136,99 @@ class GateEngine:
         return loss, acc
 
     def gradients(
-        self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None
+        self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, describe=None, from_layer=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(losses float64 [rows], dL/dgates float32 [rows, n_layers, n_heads])."""
-        return self._run(scored, row_p, gates, True, describe)[:2]
+        """(losses float64 [rows], dL/dgates float32 [rows, n_layers, n_heads]).
 
-    def _run(self, scored, row_p, gates, grad: bool, describe: Callable[[int], str] | None, accuracy=False):
+        ``from_layer`` (long [rows], optional): row r promises that its gates below layer ``from_layer[r]`` are 1;
+        with ``prefix_cache`` it then runs only the layers from there up, and its gradient for the gates below
+        is returned as 0 (not computed). Losses are unchanged.
+        """
+        return self._run(scored, row_p, gates, True, describe, from_layer=from_layer)[:2]
+
+    def rows_for(self, scored: ScoredInput, layers_run: int, grad: bool) -> int:
+        """Rows per pass for rows running ``layers_run`` layers: ``rows_per_pass`` or the memory-budget choice."""
+        if self.rows_per_pass is not None:
+            return self.rows_per_pass
+        if self._dims is None:
+            return 16
+        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "eager")
+        per_row = row_bytes(
+            self._dims,
+            scored.input_ids.shape[1],
+            layers_run,
+            max(scored.n_scored),
+            grad,
+            attention_matrix=self.device.type != "cuda" or attn == "eager",
+        )
+        budget = self.memory_budget if self.memory_budget is not None else default_memory_budget(self.device)
+        return choose_rows(budget, per_row, MAX_AUTO_ROWS)
+
+    def _run(self, scored, row_p, gates, grad: bool, describe, accuracy=False, from_layer=None):
         row_p = torch.as_tensor(row_p, dtype=torch.long)
-        if gates.shape[0] != row_p.shape[0]:
-            raise ValueError(f"{gates.shape[0]} gate rows for {row_p.shape[0]} rows")
-        losses, grads, accs = [], [], []
-        for start in range(0, row_p.shape[0], self.rows_per_pass):
-            stop = min(start + self.rows_per_pass, row_p.shape[0])
-            loss, g, acc = self._chunk(scored, row_p[start:stop], gates[start:stop], grad)
-            accs.append(acc)
-            bad = ~torch.isfinite(loss)
-            if g is not None:
-                bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
-            if bad.any():
-                row = start + int(bad.nonzero()[0, 0])
-                what = describe(row) if describe else f"row {row}"
-                raise NonFiniteError(f"non-finite loss or gradient for sample {scored.sample_id!r}, {what}")
-            losses.append(loss)
-            if g is not None:
-                grads.append(g)
-        return torch.cat(losses), (torch.cat(grads) if grad else None), (torch.cat(accs) if accuracy else None)
+        n_rows = row_p.shape[0]
+        if gates.shape[0] != n_rows:
+            raise ValueError(f"{gates.shape[0]} gate rows for {n_rows} rows")
+        start = self._start_layers(gates, from_layer)
+        losses = torch.zeros(n_rows, dtype=torch.float64)
+        accs = torch.zeros(n_rows, dtype=torch.float64)
+        grads = torch.zeros(gates.shape, dtype=torch.float32) if grad else None
+        for layer in start.unique().tolist():
+            rows = (start == layer).nonzero().flatten()
+            if layer > 0:
+                self._ensure_prefix(scored, start.unique().tolist())
+            chunk = self.rows_for(scored, self.adapter.n_layers - layer, grad)
+            for lo in range(0, rows.numel(), chunk):
+                idx = rows[lo : lo + chunk]
+                loss, g, acc = self._chunk(scored, row_p[idx], gates[idx], grad, layer, accuracy)
+                bad = ~torch.isfinite(loss)
+                if g is not None:
+                    bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
+                if bad.any():
+                    row = int(idx[bad.nonzero()[0, 0]])
+                    what = describe(row) if describe else f"row {row}"
+                    raise NonFiniteError(f"non-finite loss or gradient for sample {scored.sample_id!r}, {what}")
+                losses[idx] = loss
+                if acc is not None:
+                    accs[idx] = acc
+                if g is not None:
+                    grads[idx] = g
+        return losses, grads, (accs if accuracy else None)
 
-    def _chunk(self, scored: ScoredInput, row_p: torch.Tensor, gates: torch.Tensor, grad: bool):
+    def _start_layers(self, gates: torch.Tensor, from_layer) -> torch.Tensor:
+        """First layer each row runs: ``from_layer`` when prefix caching is on (checked against the gates), else 0."""
+        n_rows = gates.shape[0]
+        if from_layer is None or not self.prefix_cache:
+            return torch.zeros(n_rows, dtype=torch.long)
+        start = torch.as_tensor(from_layer, dtype=torch.long).reshape(-1).expand(n_rows).clone()
+        if bool(((start < 0) | (start >= self.adapter.n_layers)).any()):
+            raise ValueError(f"from_layer must lie in 0..{self.adapter.n_layers - 1}")
+        below = torch.arange(self.adapter.n_layers)[None, :] < start[:, None]  # [rows, L]
+        if bool((below[:, :, None] & (gates != 1)).any()):
+            raise ValueError("from_layer: a row has a gate != 1 below its from_layer")
+        return start
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+
+    def _ensure_prefix(self, scored: ScoredInput, layers: list[int]) -> None:
+        """Cache the hidden states entering ``layers`` for every mask probability of ``scored`` (all gates on)."""
+        wanted = {x for x in layers if x > 0}
+        if self._prefix is not None and self._prefix[0] is scored and wanted <= self._prefix[1].keys():
+            return
+        self._prefix = None
+        ids = scored.input_ids.to(self.device)
+        cache: dict[int, list[torch.Tensor]] = {x: [] for x in wanted}
+        chunk = self.rows_for(scored, max(wanted), False)
+        for lo in range(0, ids.shape[0], chunk):
+            inputs = {**self.adapter.model_inputs(ids[lo : lo + chunk]), **self._extra_inputs}
+            with torch.no_grad(), self._autocast():
+                part = self._stack.capture(lambda inputs=inputs: self.model(**inputs), wanted)
+            for x, hidden in part.items():
+                cache[x].append(hidden)
+        self._prefix = (scored, {x: torch.cat(parts) for x, parts in cache.items()})
+
+    def _chunk(self, scored: ScoredInput, row_p, gates: torch.Tensor, grad: bool, layer: int = 0, accuracy=False):
         n = [scored.targets[i].numel() for i in row_p.tolist()]
         sel_rows = torch.repeat_interleave(torch.arange(len(n)), torch.tensor(n))
         sel_pos = torch.cat([scored.pred_pos[i] for i in row_p.tolist()])
@@ -115,10 +239,15 @@ class GateEngine:
         self._gates.gates = g
         self._selection = (sel_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
-        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        suffix = nullcontext()
+        if layer > 0:
+            cached = self._prefix[1][layer]
+            suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)])
         try:
-            with torch.set_grad_enabled(grad), autocast:
-                out = self.model(**self.adapter.model_inputs(ids))
+            with torch.set_grad_enabled(grad), self._autocast(), suffix as calls:
+                out = self.model(**self.adapter.model_inputs(ids), **self._extra_inputs)
+                if layer > 0 and calls != [layer]:
+                    raise RuntimeError(f"prefix cache: layer {layer} ran {len(calls)} times in a suffix pass")
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 logits = logits.reshape(-1, logits.shape[-1]) if self._selected else logits[self._selection]
                 compute = torch.promote_types(logits.dtype, torch.float32)
@@ -130,10 +259,19 @@ class GateEngine:
         finally:
             self._gates.gates = None
             self._selection = None
-        loss64 = torch.zeros(len(n), dtype=torch.float64, device=self.device).index_add(
-            0, sel_rows.to(self.device), ce.detach().double() * weight64
-        )
-        hits = (logits.detach().argmax(-1) == targets).double()
-        acc = torch.zeros(len(n), dtype=torch.float64, device=self.device).index_add(0, sel_rows.to(self.device), hits)
-        acc = acc / torch.tensor(n, dtype=torch.float64, device=self.device)
-        return loss64.cpu(), (grads.float().cpu() if grad else None), acc.cpu()
+        rows64 = torch.zeros(len(n), dtype=torch.float64, device=self.device)
+        loss64 = rows64.index_add(0, sel_rows.to(self.device), ce.detach().double() * weight64)
+        acc = None
+        if accuracy:
+            hits = (logits.detach().argmax(-1) == targets).double()
+            acc = rows64.index_add(0, sel_rows.to(self.device), hits)
+            acc = (acc / torch.tensor(n, dtype=torch.float64, device=self.device)).cpu()
+        return loss64.cpu(), (grads.float().cpu() if grad else None), acc
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params

@@ -171,7 +171,25 @@ def test_nan_loss_names_sample_p_and_step():
         model.bert.encoder.layer[1].attention.output.dense.weight[0, 0] = float("nan")
     engine = GateEngine(Adapter(model), rows_per_pass=4)
     scored = _scored(engine.adapter, _sample())
-    with pytest.raises(NonFiniteError, match=r"sample 's0', p=0.15, path L0, step 1/2"):
+    with pytest.raises(NonFiniteError, match=r"sample 's0', p=0.15, all gates on"):
+        integrated_gradients(engine, scored, make_paths("per_layer", N_LAYERS, N_HEADS), "riemann_right", 2)
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_nan_on_a_path_names_the_path_and_step(prefix_cache):
+    """Loss becomes NaN only when layer 1's gates are partly closed: the error names path L1 and its step."""
+    model = tiny_bert()
+    engine = GateEngine(Adapter(model), rows_per_pass=4, prefix_cache=prefix_cache)
+
+    def poison(module, args, out):
+        gates = engine._gates.gates
+        if gates is not None and gates.ndim == 3 and bool((gates[:, 1] < 1).any()):
+            return out * float("nan")
+        return out
+
+    model.cls.register_forward_hook(poison)
+    scored = _scored(engine.adapter, _sample())
+    with pytest.raises(NonFiniteError, match=r"sample 's0', p=0.15, path L1, step 1/2 \(t=0.5000\)"):
         integrated_gradients(engine, scored, make_paths("per_layer", N_LAYERS, N_HEADS), "riemann_right", 2)
 
 

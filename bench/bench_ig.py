@@ -1,0 +1,467 @@
+"""Benchmark: IG over head gates with the optimized engine vs a plain loop vs Captum, in one process.
+
+    python bench/bench_ig.py --size minilm            # CPU, a few minutes on 2 cores
+    python bench/bench_ig.py --size 8b --device cuda  # LLaDA-8B-shaped LLaMA, bf16 autocast, SDPA
+
+Implementations (all give the same attributions; checked to ``--rtol`` of the largest |attribution|):
+- ``engine``: :class:`headattr.engine.GateEngine` + :func:`headattr.methods.ig.integrated_gradients`, rows per
+  pass from the memory-budget chooser, prefix caching on (``engine-noprefix``: the same with it off); both
+  run shared rows once and include the path-end losses (completeness check) the others do not compute;
+- ``plain``: what the users' scripts do: one row at a time (per mask probability, per layer, per step), full
+  model forward and ``loss.backward()`` with parameter gradients ON and vocabulary logits at every position;
+- ``captum``: ``captum.attr.IntegratedGradients`` (method ``riemann_right``, baseline 0, ``internal_batch_size``)
+  over a gates -> loss function; per-layer IG is one Captum call per layer whose input is that layer's gates
+  (one row per mask probability) with the other gates fixed at 1. Parameters frozen, full logits.
+
+FLOPs are derived from the model config by :mod:`headattr.cost` for what each implementation executes
+(layer forward 2 x matmul-params x T + 4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls
+with frozen parameters, 2x with parameter gradients, attention backward 2x its forward). Peak memory: on CUDA
+``torch.cuda.max_memory_allocated`` above the start; on CPU the peak resident set size above the start, sampled
+every 5 ms from /proc/self/statm (approximate: allocator caching and sampling miss short spikes).
+
+Size ``8b`` is a ``LlamaForCausalLM`` shaped like LLaDA-8B (32 layers x 32 heads, hidden 4096, intermediate
+11008, vocab 126464) with random bf16 weights; it is causal where LLaDA is bidirectional (same matmul FLOPs;
+a causal flash kernel skips about half of the attention FLOPs, which the FLOP count does not discount).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from headattr.cost import ModelDims, choose_rows, ig_cost, row_bytes  # noqa: E402
+from headattr.data.samples import Sample  # noqa: E402
+from headattr.engine import GateEngine, default_memory_budget  # noqa: E402
+from headattr.methods.ig import integrated_gradients  # noqa: E402
+from headattr.methods.paths import make_paths  # noqa: E402
+from headattr.models.adapters import Adapter  # noqa: E402
+from headattr.models.gates import HeadGates  # noqa: E402
+from headattr.objective.loss import build_scored_input  # noqa: E402
+from headattr.objective.masking import draw_masks  # noqa: E402
+
+SIZES = {
+    "tiny": dict(kind="bert", layers=4, heads=4, hidden=64, intermediate=256, vocab=30522, seq_len=64),
+    "minilm": dict(kind="bert", layers=6, heads=12, hidden=384, intermediate=1536, vocab=30522, seq_len=128),
+    "llama-smoke": dict(kind="llama", layers=3, heads=4, hidden=64, intermediate=172, vocab=2048, seq_len=48),
+    "8b": dict(kind="llama", layers=32, heads=32, hidden=4096, intermediate=11008, vocab=126464, seq_len=2048),
+}
+MASK_ID = {"bert": 103, "llama": 126336}
+
+
+def build_model(size: str, device: torch.device, dtype: torch.dtype):
+    """Random-weight model of ``size`` on ``device`` (SDPA attention), eval mode."""
+    import transformers as tf
+
+    s = SIZES[size]
+    if s["kind"] == "bert":
+        config = tf.BertConfig(
+            vocab_size=s["vocab"],
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            intermediate_size=s["intermediate"],
+            max_position_embeddings=max(512, s["seq_len"]),
+            attn_implementation="sdpa",
+        )
+        cls = tf.BertForMaskedLM
+    else:
+        config = tf.LlamaConfig(
+            vocab_size=max(s["vocab"], MASK_ID["llama"] + 128) if size == "8b" else s["vocab"],
+            hidden_size=s["hidden"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["heads"],
+            intermediate_size=s["intermediate"],
+            max_position_embeddings=max(4096, s["seq_len"]),
+            attn_implementation="sdpa",
+        )
+        cls = tf.LlamaForCausalLM
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+def make_scored(adapter: Adapter, seq_len: int, vocab: int, mask_probs, n_samples: int):
+    """Random token sequences (prompt = first 1/8) noised at every mask probability."""
+    rng = np.random.default_rng(0)
+    low = 1000 if vocab > 2000 else 5
+    out = []
+    for i in range(n_samples):
+        ids = rng.integers(low, min(vocab, 30000), seq_len).astype(np.int64)
+        sample = Sample(f"s{i}", ids, seq_len // 8, seq_len, "bench")
+        masks = draw_masks([sample], mask_probs, "bernoulli", 0, adapter.shift_logits)[sample.sample_id]
+        out.append(build_scored_input(sample, masks, mask_probs, "diffusion", "mean", adapter.mask_token_id, False))
+    return out
+
+
+class PeakMemory:
+    """Peak tensor memory allocated above the start of a block.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (cheap, measured in the timed run). CPU: the running sum of the
+    torch profiler's allocation events (``profile_memory=True``), in a separate untimed pass because the
+    profiler slows the run down; it counts tensors only, not allocator slack or Python objects.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    @contextmanager
+    def measure(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            start = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            yield
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - start
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            yield
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        current = peak = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            current += event.nbytes()
+            peak = max(peak, current)
+        self.peak = peak
+
+
+def row_loss(logits: torch.Tensor, scored, p: torch.Tensor) -> torch.Tensor:
+    """Weighted CE of each row at its scored positions; ``logits`` [rows, pos, V] (full), ``p`` [rows]."""
+    losses = []
+    for r, pi in enumerate(p.tolist()):
+        ce = F.cross_entropy(
+            logits[r, scored.pred_pos[pi]].float(), scored.targets[pi].to(logits.device), reduction="sum"
+        )
+        losses.append(ce * float(scored.token_weight[pi]))
+    return torch.stack(losses)
+
+
+def plain_loop(model, adapter, scored_list, method: str, steps: int, autocast, layers=None) -> list[np.ndarray]:
+    """Users' script: one row per (p, layer, step), full forward + backward with parameter gradients."""
+    n_layers, n_heads = adapter.n_layers, adapter.n_heads
+    device = next(model.parameters()).device
+    for param in model.parameters():
+        param.requires_grad_(True)
+    gates_hook = HeadGates(adapter)
+    results = []
+    try:
+        for scored in scored_list:
+            ig = np.zeros((scored.n_p, n_layers, n_heads))
+            for p in range(scored.n_p):
+                ids = scored.input_ids[p : p + 1].to(device)
+                for layer in (layers or range(n_layers)) if method == "per_layer" else [None]:
+                    for k in range(1, steps + 1):
+                        gates = torch.ones(n_layers, n_heads, device=device)
+                        if layer is None:
+                            gates[:] = k / steps
+                        else:
+                            gates[layer] = k / steps
+                        gates.requires_grad_(True)
+                        gates_hook.gates = gates
+                        with autocast():
+                            logits = model(input_ids=ids).logits
+                            loss = row_loss(logits, scored, torch.tensor([p]))[0]
+                        loss.backward()
+                        grad = gates.grad.double().cpu().numpy() / steps  # riemann_right weight 1/steps
+                        if layer is None:
+                            ig[p] += grad
+                        else:
+                            ig[p, layer] += grad[layer]
+                        model.zero_grad(set_to_none=True)
+            results.append(ig)
+    finally:
+        gates_hook.remove()
+        for param in model.parameters():
+            param.requires_grad_(False)
+            param.grad = None
+    return results
+
+
+def captum_ig(model, adapter, scored_list, method, steps: int, batch: int, autocast, layers=None) -> list[np.ndarray]:
+    """Captum IntegratedGradients over gates (per-layer: one call per layer), full logits, frozen parameters."""
+    from captum.attr import IntegratedGradients
+
+    n_layers, n_heads = adapter.n_layers, adapter.n_heads
+    device = next(model.parameters()).device
+    gates_hook = HeadGates(adapter)
+    results = []
+    try:
+        for scored in scored_list:
+            ids_all = scored.input_ids.to(device)
+
+            def forward(layer_gates, p_idx, layer, ids_all=ids_all, scored=scored):
+                gates = torch.ones(layer_gates.shape[0], n_layers, n_heads, device=device)
+                if layer is None:
+                    gates = layer_gates.reshape(-1, n_layers, n_heads).float()
+                else:
+                    gates = torch.cat([gates[:, :layer], layer_gates[:, None].float(), gates[:, layer + 1 :]], 1)
+                gates_hook.gates = gates
+                with autocast():
+                    logits = model(input_ids=ids_all[p_idx]).logits
+                    return row_loss(logits, scored, p_idx.cpu())
+
+            ig = np.zeros((scored.n_p, n_layers, n_heads))
+            p_idx = torch.arange(scored.n_p, device=device)
+            for layer in (layers or range(n_layers)) if method == "per_layer" else [None]:
+                shape = (scored.n_p, n_heads) if layer is not None else (scored.n_p, n_layers * n_heads)
+                x = torch.ones(shape, device=device, requires_grad=True)
+                attr = IntegratedGradients(forward).attribute(
+                    x,
+                    baselines=torch.zeros_like(x),
+                    additional_forward_args=(p_idx, layer),
+                    n_steps=steps,
+                    method="riemann_right",
+                    internal_batch_size=batch,
+                )
+                attr = attr.detach().double().cpu().numpy()
+                if layer is None:
+                    ig += attr.reshape(scored.n_p, n_layers, n_heads)
+                else:
+                    ig[:, layer] += attr
+            results.append(ig)
+    finally:
+        gates_hook.remove()
+    return results
+
+
+def pick_captum_batch(model, adapter, scored_list, steps, max_batch, autocast, device) -> int:
+    """Captum's fastest ``internal_batch_size`` among powers of two up to one call's rows (timed on layer 0).
+
+    On CPU, full-vocabulary logits of many rows leave the caches, so small batches are often faster.
+    """
+    rows = scored_list[0].n_p * steps
+    candidates = sorted({min(b, rows, max_batch) for b in (1, 2, 4, 8, 16, 32, 64, rows)})
+    timings = {}
+    for batch in candidates:
+        captum_ig(model, adapter, scored_list, "per_layer", steps, batch, autocast, [0])
+        _, seconds, _, _ = timed(
+            lambda batch=batch: captum_ig(model, adapter, scored_list, "per_layer", steps, batch, autocast, [0]),
+            device,
+            1,
+        )
+        timings[batch] = seconds
+    return min(timings, key=timings.get)
+
+
+def engine_ig(adapter, scored_list, method, steps, prefix: bool, autocast_dtype, budget) -> list[np.ndarray]:
+    engine = GateEngine(
+        adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, prefix_cache=prefix, memory_budget=budget
+    )
+    paths = make_paths(method, adapter.n_layers, adapter.n_heads)
+    try:
+        return [
+            integrated_gradients(engine, s, paths, "riemann_right", steps).ig.astype(np.float64) for s in scored_list
+        ]
+    finally:
+        engine.close()
+
+
+def timed(fn, device, repeats: int):
+    """(result, best wall seconds, process CPU seconds and peak memory bytes of that run)."""
+    best, cpu, peak, out = float("inf"), 0.0, 0, None
+    for _ in range(repeats):
+        gc.collect()
+        mem = PeakMemory(device)
+        with mem.measure():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        if seconds < best:
+            best, cpu, peak = seconds, cpu_seconds, mem.peak
+    return out, best, cpu, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="minilm")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--mask-probs", type=float, nargs="+", default=[0.15, 0.5])
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=["per_layer", "joint"], choices=["per_layer", "joint"])
+    parser.add_argument("--skip-plain", action="store_true", help="skip the plain loop (slow for big models)")
+    parser.add_argument("--skip-captum", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1, help="time each implementation this often, keep the best")
+    parser.add_argument("--memory-budget-gib", type=float, help="activation budget per pass (default: engine's)")
+    parser.add_argument(
+        "--captum-batch", type=int, help="Captum internal_batch_size (default: the fastest of 1, 2, 4, ... that fits)"
+    )
+    parser.add_argument(
+        "--autocast", choices=["auto", "none", "bf16"], default="auto", help="auto: bf16 autocast on CUDA only"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="CPU: skip the untimed peak-memory passes")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="clock for the ratios: wall, or process CPU time (steadier on a shared machine with --threads 1)",
+    )
+    parser.add_argument("--rtol", type=float, help="agreement tolerance relative to max |IG| (1e-5; 3e-2 for bf16)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    big = args.size == "8b"
+    dtype = torch.bfloat16 if big else torch.float32
+    use_bf16 = args.autocast == "bf16" or (args.autocast == "auto" and device.type == "cuda")
+    autocast_dtype = torch.bfloat16 if use_bf16 else None
+    rtol = args.rtol if args.rtol is not None else (3e-2 if autocast_dtype or dtype != torch.float32 else 1e-5)
+
+    def autocast():
+        if autocast_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    s = SIZES[args.size]
+    model = build_model(args.size, device, dtype)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    adapter = Adapter(model, mask_token_id=min(MASK_ID[s["kind"]], model.config.vocab_size - 1))
+    scored_list = make_scored(adapter, s["seq_len"], model.config.vocab_size, args.mask_probs, args.samples)
+    dims = ModelDims.from_config(model.config, 2 if (big or autocast_dtype) else 4)
+    budget = int(args.memory_budget_gib * 2**30) if args.memory_budget_gib else default_memory_budget(device)
+    t = s["seq_len"]
+    n_scored = float(np.mean([n for sc in scored_list for n in sc.n_scored]))
+    on_gpu_fused = device.type == "cuda"
+    captum_max = choose_rows(budget, row_bytes(dims, t, dims.n_layers, t, True, not on_gpu_fused, True), 256)
+    captum_batch = args.captum_batch or pick_captum_batch(
+        model, adapter, scored_list[:1], args.steps, captum_max, autocast, device
+    )
+    print(
+        f"size={args.size} ({s['kind']}: {dims.n_layers} layers x {dims.n_heads} heads, hidden {dims.hidden}, "
+        f"intermediate {dims.intermediate}, vocab {dims.vocab}, T={t}); device={device} "
+        f"dtype={dtype} autocast={autocast_dtype}; steps={args.steps} mask_probs={args.mask_probs} "
+        f"samples={args.samples} (mean scored positions {n_scored:.1f}); torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; memory budget {budget / 2**30:.2f} GiB, captum internal batch "
+        f"{captum_batch}",
+        flush=True,
+    )
+    engine = GateEngine(adapter, rows_per_pass=None, memory_budget=budget)
+    print(
+        "engine rows/pass (grad): "
+        + ", ".join(f"{k} layers: {engine.rows_for(scored_list[0], k, True)}" for k in sorted({1, dims.n_layers}))
+    )
+    engine.close()
+    impls, flops, results = {}, {}, {}
+    for method in args.methods:
+        impls[method] = {
+            "engine": lambda m=method: engine_ig(adapter, scored_list, m, args.steps, True, autocast_dtype, budget),
+            "engine-noprefix": lambda m=method: engine_ig(
+                adapter, scored_list, m, args.steps, False, autocast_dtype, budget
+            ),
+            "captum": lambda m=method: captum_ig(model, adapter, scored_list, m, args.steps, captum_batch, autocast),
+            "plain": lambda m=method: plain_loop(model, adapter, scored_list, m, args.steps, autocast),
+        }
+        if method == "joint":
+            del impls[method]["engine-noprefix"]  # nothing to cache on the joint path
+        for name, skip in (("captum", args.skip_captum), ("plain", args.skip_plain)):
+            if skip:
+                del impls[method][name]
+        cost = dict(dims=dims, seq_len=t, n_samples=args.samples, n_p=len(args.mask_probs), steps=args.steps)
+        cost.update(method=method, scored_fraction=n_scored / t)
+        baseline = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
+        flops[method] = {
+            "engine": ig_cost(prefix_cache=True, **cost)["flops"],
+            "engine-noprefix": ig_cost(prefix_cache=False, **cost)["flops"],
+            "captum": ig_cost(**baseline, **cost)["flops"],
+            "plain": ig_cost(param_grads=True, **baseline, **cost)["flops"],
+        }
+    peaks = {}
+    if device.type == "cpu" and not args.no_memory:
+        # untimed memory passes (see PeakMemory)
+        for method in args.methods:
+            for name, fn in impls[method].items():
+                gc.collect()
+                mem = PeakMemory(device)
+                with mem.measure():
+                    fn()
+                peaks[method, name] = mem.peak
+    # warm-up, so one-off costs (kernel selection, allocator growth) are not timed: the engine runs once as
+    # timed; the plain loop and Captum repeat the same shapes for every layer, so one layer warms them
+    for method in args.methods:
+        for prefix in (True, False):
+            engine_ig(adapter, scored_list[:1], method, args.steps, prefix, autocast_dtype, budget)
+        if not args.skip_captum:
+            captum_ig(model, adapter, scored_list[:1], method, args.steps, captum_batch, autocast, [0])
+        if not args.skip_plain:
+            plain_loop(model, adapter, scored_list[:1], method, 1, autocast, [0])
+    for method in args.methods:
+        for name, fn in impls[method].items():
+            out, seconds, cpu, peak = timed(fn, device, args.repeats)
+            results[method, name] = dict(ig=np.stack(out), wall=seconds, cpu=cpu, peak=peaks.get((method, name), peak))
+            print(f"  {method:9s} {name:16s} {seconds:9.2f} s wall {cpu:9.2f} s cpu", flush=True)
+
+    rows = []
+    for method in args.methods:
+        mine = {name: results[method, name] for name in impls[method]}
+        ref = mine["plain" if "plain" in mine else "captum" if "captum" in mine else "engine"]["ig"]
+        for name, r in mine.items():
+            diff = float(np.abs(r["ig"] - ref).max() / np.abs(ref).max())
+            secs = r[args.clock]
+            rows.append(
+                dict(
+                    size=args.size,
+                    method=method,
+                    impl=name,
+                    seconds=r["wall"],
+                    cpu=r["cpu"],
+                    vs_plain=mine["plain"][args.clock] / secs if "plain" in mine else float("nan"),
+                    vs_captum=mine["captum"][args.clock] / secs if "captum" in mine else float("nan"),
+                    peak_mib=r["peak"] / 2**20,
+                    gflop=flops[method][name] / 1e9,
+                    gflops=flops[method][name] / secs / 1e9,
+                    diff=diff,
+                    ok=diff <= rtol,
+                )
+            )
+    mem_note = (
+        "CUDA max allocated above the start"
+        if device.type == "cuda"
+        else "peak tensor bytes above the start from torch profiler allocation events, in an untimed pass"
+    )
+    header = (
+        f"{'size':7s} {'method':9s} {'impl':16s} {'wall s':>8s} {'cpu s':>8s} {'x plain':>8s} {'x captum':>8s} "
+        f"{'peak MiB':>9s} {'GFLOP':>9s} {'GFLOP/s':>8s} {'max|dIG|/max|IG|':>17s}"
+    )
+    print(
+        f"\nspeed-ups and GFLOP/s use {args.clock} time: time(plain or captum) / time(impl); peak memory: {mem_note}; "
+        f"agreement: max |IG - IG_ref| / max |IG_ref| <= {rtol:g}, reference = plain loop (else Captum)"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['size']:7s} {r['method']:9s} {r['impl']:16s} {r['seconds']:8.2f} {r['cpu']:8.2f} {r['vs_plain']:8.2f} "
+            f"{r['vs_captum']:8.2f} {r['peak_mib']:9.0f} {r['gflop']:9.1f} {r['gflops']:8.1f} "
+            f"{r['diff']:13.2e} {'ok' if r['ok'] else 'DIFF'}"
+        )
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""What an IG run costs: row-passes, FLOPs, activation memory and wall time, from the model config alone.
+
+FLOP model (one row = one sequence of T tokens; d hidden, I intermediate, V vocab, S scored positions):
+- layer forward:   2 * P_layer * T + 4 * T^2 * d, with P_layer = 2 d^2 + 2 d d_kv + (3 if gated MLP else 2) d I
+  (matmul parameters: q, o, k, v, MLP; 4 T^2 d is QK^T plus attention-weighted V, no causal halving),
+- head forward:    2 * d * V * S (logits only at scored positions; S = T for full logits),
+- backward:        matmuls 1x their forward when parameters are frozen (only input gradients), 2x with parameter
+  gradients; attention 2x its forward either way. The backward of a row stops at the lowest layer whose gates
+  require grad (with prefix caching: the moving layer l, whose q/k/v/attention need no backward at all).
+
+Row-passes of one sample with n_p mask probabilities, m steps, L layers (see :func:`ig_cost`):
+- joint / layered: n_p * m gradient rows through L layers, plus 2 n_p loss rows (all on, baseline),
+- per_layer:       n_p * m rows per layer l; uncached each runs L layers, prefix-cached it runs L - l layers
+  (n_p * m * L (L + 1) / 2 layer-passes instead of n_p * m * L^2), plus one no-grad prefix pass of n_p rows,
+  and n_p baseline rows per layer.
+Rows shared by paths run once: with a node at t = 1 (riemann_right, trapezoid) the L per-layer rows there are one
+"all on" row per p (through all L layers), which also gives L(all on); a node at t = 0 gives L(path start).
+
+Memory (:func:`row_bytes`) is the activation memory one row adds to a forward pass: what autograd keeps per layer
+(about 12 d + 4 I values per token, plus the heads x T x T attention matrix unless a fused kernel is used),
+fp32 logits at scored positions with their softmax and gradient, and one layer of transient working memory.
+It is an upper-bound style estimate meant for choosing rows per pass, not an exact account.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# Sustained FLOP/s assumed per device class: ~40% of dense bf16 peak on GPUs (hooks, small matmuls, attention
+# and the backward keep real runs well below peak); fp32 for 2 CPU cores (measured ~20-60 GFLOP/s for matmuls).
+DEVICE_FLOPS = {
+    "cpu-2core": 4.0e10,
+    "a100": 0.4 * 312e12,
+    "h100": 0.4 * 989e12,
+    "h200": 0.4 * 989e12,
+}
+GATED_MLP_TYPES = {"llama", "qwen2", "mistral", "llada", "dream"}
+METHODS = ("per_layer", "joint", "layered")
+
+
+def _first_int(config, *names: str, default: int | None = None) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The dimensions that set an IG run's cost."""
+
+    n_layers: int
+    n_heads: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    n_kv_heads: int | None = None
+    gated_mlp: bool = False
+    dtype_bytes: int = 4
+
+    @classmethod
+    def from_config(cls, config, dtype_bytes: int = 4) -> ModelDims:
+        """Dims from a transformers (or LLaDA/Dream) config; raises ValueError when one is missing."""
+        hidden = _first_int(config, "hidden_size", "n_embd", "dim", "d_model")
+        n_layers = _first_int(config, "num_hidden_layers", "n_layer", "n_layers")
+        n_heads = _first_int(config, "num_attention_heads", "n_head", "n_heads")
+        vocab = _first_int(config, "vocab_size", "embedding_size")
+        missing = [
+            k for k, v in {"hidden": hidden, "layers": n_layers, "heads": n_heads, "vocab": vocab}.items() if not v
+        ]
+        if missing:
+            raise ValueError(f"config lacks {missing} for a cost estimate")
+        intermediate = _first_int(config, "intermediate_size", "n_inner", "hidden_dim", "mlp_hidden_size")
+        model_type = str(getattr(config, "model_type", "")).lower()
+        return cls(
+            n_layers=n_layers,
+            n_heads=n_heads,
+            hidden=hidden,
+            intermediate=intermediate or 4 * hidden,
+            vocab=vocab,
+            n_kv_heads=_first_int(config, "num_key_value_heads", "n_kv_heads", default=n_heads),
+            gated_mlp=model_type in GATED_MLP_TYPES,
+            dtype_bytes=dtype_bytes,
+        )
+
+    @property
+    def kv_width(self) -> int:
+        return self.hidden * (self.n_kv_heads or self.n_heads) // self.n_heads
+
+    @property
+    def qkv_params(self) -> int:
+        return self.hidden * self.hidden + 2 * self.hidden * self.kv_width
+
+    @property
+    def layer_params(self) -> int:
+        """Matmul parameters of one layer (biases and norms ignored)."""
+        mlp = (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
+        return self.qkv_params + self.hidden * self.hidden + mlp
+
+
+def dims_from_model(model) -> ModelDims:
+    """:class:`ModelDims` of a loaded model (its config and parameter dtype)."""
+    param = next(model.parameters())
+    return ModelDims.from_config(getattr(model, "config", None), param.element_size())
+
+
+@dataclass(frozen=True)
+class RowCost:
+    """FLOPs of one row: forward and backward of the layers it runs and of the head."""
+
+    forward: float
+    backward: float
+
+
+def row_flops(
+    dims: ModelDims,
+    seq_len: int,
+    layers_run: int,
+    n_scored: float,
+    grad: bool,
+    param_grads: bool = False,
+    backward_layers: float | None = None,
+) -> RowCost:
+    """FLOPs of one row running ``layers_run`` layers; ``backward_layers`` (default all run) get a backward."""
+    t, d = seq_len, dims.hidden
+    linear = 2.0 * dims.layer_params * t
+    attention = 4.0 * t * t * d
+    head = 2.0 * d * dims.vocab * n_scored
+    forward = layers_run * (linear + attention) + head
+    if not grad:
+        return RowCost(forward, 0.0)
+    lin_factor = 2.0 if param_grads else 1.0
+    n_back = layers_run if backward_layers is None else backward_layers
+    backward = n_back * (lin_factor * linear + 2.0 * attention) + lin_factor * head
+    return RowCost(forward, backward)
+
+
+def ig_cost(
+    dims: ModelDims,
+    seq_len: int,
+    n_samples: int,
+    n_p: int,
+    steps: int,
+    method: str = "per_layer",
+    prefix_cache: bool = True,
+    scored_fraction: float = 0.5,
+    param_grads: bool = False,
+    full_logits: bool = False,
+    end_losses: bool = True,
+    rule: str = "riemann_right",
+    shared_rows: bool = True,
+) -> dict:
+    """Row-passes and FLOPs of an IG run (see the module docstring for the model).
+
+    ``scored_fraction`` is the mean share of positions scored (the mean mask probability); ``full_logits``,
+    ``param_grads``, ``end_losses=False`` and ``shared_rows=False`` describe a plain loop that computes every
+    logit, parameter gradients, no path-end losses and every row even when paths share it. With ``shared_rows``
+    a node at t = 1 ("all on", shared by every per-layer path) runs once per p from layer 0 and provides
+    L(all on); a node at t = 0 provides L(path start).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
+    n_layers = dims.n_layers
+    s = seq_len if full_logits else scored_fraction * seq_len
+    # The moving layer's q/k/v and attention need no backward when its input is cached (fraction of a layer).
+    tail = 1.0 - (dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden) / (
+        2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden
+    )
+    grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd = 0, 0, 0.0, 0.0, 0.0, 0.0
+
+    def add(rows: int, layers: int, grad: bool, back_layers: float | None = None):
+        nonlocal grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd
+        back_layers = None if param_grads else back_layers  # parameter gradients need every layer's backward
+        cost = row_flops(dims, seq_len, layers, s, grad, param_grads, back_layers)
+        grad_rows += rows if grad else 0
+        loss_rows += 0 if grad else rows
+        layer_fwd += rows * layers
+        layer_bwd += rows * ((layers if back_layers is None else back_layers) if grad else 0)
+        fwd += rows * cost.forward
+        bwd += rows * cost.backward
+
+    at_one = int(shared_rows and rule in ("riemann_right", "trapezoid"))  # a node at t = 1
+    at_zero = int(shared_rows and rule in ("riemann_left", "trapezoid"))  # a node at t = 0
+    if method != "per_layer":
+        add(n_p * steps, n_layers, True, n_layers - 1 + tail)
+        if end_losses:
+            add(n_p * (2 - at_one - at_zero), n_layers, False)
+    elif prefix_cache:
+        for layer in range(n_layers):
+            add(n_p * (steps - at_one), n_layers - layer, True, n_layers - layer - 1 + tail)
+            if end_losses:
+                add(n_p * (1 - at_zero), n_layers - layer, False)
+        add(n_p * at_one, n_layers, True, n_layers - 1 + tail)
+        if end_losses:
+            add(n_p * (1 - at_one), n_layers, False)
+        if n_layers > 1:
+            prefix = row_flops(dims, seq_len, n_layers - 1, 0, False)
+            loss_rows += n_p
+            layer_fwd += n_p * (n_layers - 1)
+            fwd += n_p * prefix.forward
+    else:
+        add(n_p * (n_layers * (steps - at_one) + at_one), n_layers, True, n_layers - 1 + tail)
+        if end_losses:
+            add(n_p * (n_layers * (1 - at_zero) + 1 - at_one), n_layers, False)
+    scale = n_samples
+    return {
+        "method": method,
+        "prefix_cache": bool(prefix_cache and method == "per_layer"),
+        "seq_len": seq_len,
+        "n_samples": n_samples,
+        "n_p": n_p,
+        "steps": steps,
+        "rule": rule,
+        "grad_rows": grad_rows * scale,
+        "loss_rows": loss_rows * scale,
+        "layer_forwards": layer_fwd * scale,
+        "layer_backwards": layer_bwd * scale,
+        "flops_forward": fwd * scale,
+        "flops_backward": bwd * scale,
+        "flops": (fwd + bwd) * scale,
+        "dims": asdict(dims),
+    }
+
+
+def wall_time(flops: float, device_class: str) -> float:
+    """Seconds for ``flops`` at the sustained rate assumed for ``device_class`` (see :data:`DEVICE_FLOPS`)."""
+    if device_class not in DEVICE_FLOPS:
+        raise ValueError(f"device class {device_class!r} is not one of {sorted(DEVICE_FLOPS)}")
+    return flops / DEVICE_FLOPS[device_class]
+
+
+def estimate(
+    dims: ModelDims,
+    seq_len: int,
+    n_samples: int,
+    n_p: int,
+    steps: int,
+    method: str = "per_layer",
+    prefix_cache: bool = True,
+    device_class: str | None = None,
+    rule: str = "riemann_right",
+) -> dict:
+    """:func:`ig_cost` plus the uncached cost, the speed-up and expected seconds on every (or one) device class."""
+    est = ig_cost(dims, seq_len, n_samples, n_p, steps, method, prefix_cache, rule=rule)
+    base = ig_cost(dims, seq_len, n_samples, n_p, steps, method, False, rule=rule)
+    est["flops_uncached"] = base["flops"]
+    est["speedup_vs_uncached"] = base["flops"] / est["flops"]
+    classes = [device_class] if device_class else list(DEVICE_FLOPS)
+    est["seconds"] = {c: wall_time(est["flops"], c) for c in classes}
+    return est
+
+
+def estimate_from_model(model, seq_len: int, n_samples: int, n_p: int, steps: int, method: str, **kwargs) -> dict:
+    """:func:`estimate` for a loaded model (what the workflow's attribute step logs)."""
+    return estimate(dims_from_model(model), seq_len, n_samples, n_p, steps, method, **kwargs)
+
+
+def _human(value: float, unit: str = "") -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def format_estimate(est: dict) -> str:
+    """A few human-readable lines for an :func:`estimate` dict."""
+    d = est["dims"]
+    lines = [
+        f"IG cost estimate: {est['method']}, prefix cache {'on' if est['prefix_cache'] else 'off'}; "
+        f"{d['n_layers']} layers x {d['n_heads']} heads, hidden {d['hidden']}, vocab {d['vocab']}; "
+        f"T={est['seq_len']}, {est['n_samples']} samples x {est['n_p']} mask probs x {est['steps']} steps",
+        f"  rows: {est['grad_rows']:,} forward+backward, {est['loss_rows']:,} forward-only; "
+        f"layer-passes: {est['layer_forwards']:,.0f} forward, {est['layer_backwards']:,.0f} backward",
+        f"  FLOPs: {_human(est['flops'], 'FLOP')} (forward {_human(est['flops_forward'])}, "
+        f"backward {_human(est['flops_backward'])})",
+    ]
+    if "flops_uncached" in est:
+        lines.append(
+            f"  uncached: {_human(est['flops_uncached'], 'FLOP')} ({est['speedup_vs_uncached']:.2f}x the FLOPs)"
+        )
+    for device, seconds in est.get("seconds", {}).items():
+        lines.append(
+            f"  expected on {device}: {_duration(seconds)} (at {_human(DEVICE_FLOPS[device], 'FLOP/s')} sustained)"
+        )
+    return "\n".join(lines)
+
+
+def row_bytes(
+    dims: ModelDims,
+    seq_len: int,
+    layers_run: int,
+    n_scored: int,
+    grad: bool = True,
+    attention_matrix: bool = True,
+    full_logits: bool = False,
+) -> int:
+    """Activation bytes one row adds to a forward(+backward) pass (see the module docstring).
+
+    ``attention_matrix``: the kernel materialises heads x T x T scores (eager attention, SDPA math on CPU);
+    False for fused (flash / memory-efficient) kernels.
+    """
+    t, d, b = seq_len, dims.hidden, dims.dtype_bytes
+    scores = 2 * dims.n_heads * t * t * b if attention_matrix else 0
+    per_layer_kept = t * (12 * d + 4 * dims.intermediate) * b + scores
+    transient = t * (6 * d + 3 * dims.intermediate) * b + scores
+    positions = t if full_logits else n_scored
+    logits = 3 * positions * dims.vocab * 4 + 2 * t * d * 4
+    kept = layers_run * per_layer_kept if grad else 0
+    return int(kept + transient + logits + t * d * b)
+
+
+def choose_rows(budget_bytes: int, bytes_per_row: int, max_rows: int | None = None) -> int:
+    """Rows per pass whose activations fit ``budget_bytes``: ``rows * bytes_per_row <= budget`` whenever one
+    row fits; at least 1 (a single row over budget still runs); at most ``max_rows``."""
+    if bytes_per_row <= 0:
+        raise ValueError("bytes_per_row must be positive")
+    rows = max(1, int(budget_bytes) // int(bytes_per_row))
+    return min(rows, max_rows) if max_rows else rows

@@ -1,0 +1,151 @@
+"""Cost estimator arithmetic on a hand-computed config, the rows-per-pass chooser, and the estimate CLI."""
+
+import pytest
+import torch
+from helpers import tiny_bert
+
+from headattr.cli import main
+from headattr.cost import (
+    ModelDims,
+    choose_rows,
+    estimate,
+    estimate_from_model,
+    format_estimate,
+    ig_cost,
+    row_bytes,
+    row_flops,
+    wall_time,
+)
+from headattr.methods.ig import integrated_gradients
+from headattr.methods.paths import make_paths
+
+# L=2, H=2, d=8, I=16, V=10: P_layer = q 64 + o 64 + k,v 2*64 + MLP 2*8*16 = 512; q/k/v = 192.
+DIMS = ModelDims(n_layers=2, n_heads=2, hidden=8, intermediate=16, vocab=10)
+T = 4
+LINEAR, ATTN, HEAD = 2 * 512 * T, 4 * T * T * 8, 2 * 8 * 10 * 2  # 4096, 512, 320 (2 scored positions)
+TAIL = 1 - (2 * 192 * T + ATTN) / (LINEAR + ATTN)  # share of the moving layer that needs a backward
+
+
+def test_dims_and_row_flops_by_hand():
+    assert DIMS.layer_params == 512 and DIMS.qkv_params == 192
+    assert row_flops(DIMS, T, 2, 2, grad=False).forward == 2 * (LINEAR + ATTN) + HEAD == 9536
+    assert row_flops(DIMS, T, 2, 2, grad=True).backward == 2 * (LINEAR + 2 * ATTN) + HEAD == 10560
+    assert row_flops(DIMS, T, 2, 2, grad=True, param_grads=True).backward == 2 * (2 * LINEAR + 2 * ATTN) + 2 * HEAD
+
+
+def test_per_layer_counts_and_flops_by_hand():
+    kw = dict(seq_len=T, n_samples=3, n_p=1, steps=2, method="per_layer", scored_fraction=0.5)
+    plain, cached = ig_cost(DIMS, prefix_cache=False, **kw), ig_cost(DIMS, prefix_cache=True, **kw)
+    fwd2, fwd1 = 2 * (LINEAR + ATTN) + HEAD, (LINEAR + ATTN) + HEAD
+    back2 = (1 + TAIL) * (LINEAR + 2 * ATTN) + HEAD
+    back1 = TAIL * (LINEAR + 2 * ATTN) + HEAD
+    # uncached, riemann_right (t = 1/2, 1): one row per path at t = 1/2, one shared "all on" row at t = 1 (which
+    # gives L(all on)), two baseline rows; everything through 2 layers
+    assert (plain["grad_rows"], plain["loss_rows"], plain["layer_forwards"]) == (9, 6, 30)
+    assert plain["flops"] == pytest.approx(3 * (5 * fwd2 + 3 * back2))
+    # cached: path 0's rows run 2 layers, path 1's run 1; the shared row runs 2; the prefix pass 1 layer
+    assert (cached["grad_rows"], cached["loss_rows"], cached["layer_forwards"]) == (9, 9, 27)
+    prefix = LINEAR + ATTN
+    expected = 3 * ((fwd2 + back2) + (fwd1 + back1) + fwd2 + fwd1 + (fwd2 + back2) + prefix)
+    assert cached["flops"] == pytest.approx(expected)
+    est = estimate(DIMS, T, 3, 1, 2, "per_layer", device_class="h100")
+    assert est["speedup_vs_uncached"] == pytest.approx(plain["flops"] / expected)
+    assert est["seconds"] == {"h100": pytest.approx(wall_time(expected, "h100"))}
+
+
+def test_shared_rows_depend_on_the_rule():
+    kw = dict(seq_len=T, n_samples=1, n_p=1, steps=2, method="per_layer", prefix_cache=False)
+    every = ig_cost(DIMS, shared_rows=False, **kw)  # L * m gradient rows, 1 + L end rows
+    assert (every["grad_rows"], every["loss_rows"]) == (4, 3)
+    left = ig_cost(DIMS, rule="riemann_left", **kw)  # t = 0 rows give the path starts' losses
+    assert (left["grad_rows"], left["loss_rows"]) == (4, 1)
+    trap = ig_cost(DIMS, rule="trapezoid", **kw)  # t = 0 and t = 1: 2 path rows + 1 shared, no end rows
+    assert (trap["grad_rows"], trap["loss_rows"]) == (3, 0)
+    gauss = ig_cost(DIMS, rule="gauss_legendre", **kw)  # no shared node
+    assert (gauss["grad_rows"], gauss["loss_rows"]) == (4, 3)
+
+
+def test_joint_ignores_prefix_cache_and_plain_loop_costs_more():
+    kw = dict(seq_len=T, n_samples=1, n_p=2, steps=3, method="joint")
+    assert ig_cost(DIMS, prefix_cache=True, **kw)["flops"] == ig_cost(DIMS, prefix_cache=False, **kw)["flops"]
+    assert ig_cost(DIMS, **kw)["grad_rows"] == 6 and ig_cost(DIMS, **kw)["loss_rows"] == 2  # all on from t = 1
+    loop = ig_cost(DIMS, prefix_cache=False, param_grads=True, full_logits=True, end_losses=False, **kw)
+    assert loop["flops"] > ig_cost(DIMS, **kw)["flops"]
+
+
+def test_row_bytes_by_hand():
+    # kept per layer: T (12 d + 4 I) 4 B + scores 2 H T^2 4 B = 2560 + 256; transient 1536 + 256;
+    # logits 3 * 2 * V * 4 + 2 T d 4 = 496; cached input T d 4 = 128
+    assert row_bytes(DIMS, T, 2, 2) == 2 * 2816 + 1792 + 496 + 128
+    assert row_bytes(DIMS, T, 2, 2, grad=False) == 1792 + 496 + 128
+    assert row_bytes(DIMS, T, 2, 2, attention_matrix=False) < row_bytes(DIMS, T, 2, 2)
+    assert row_bytes(DIMS, T, 1, 2) < row_bytes(DIMS, T, 2, 2) < row_bytes(DIMS, 2 * T, 2, 2)
+
+
+@pytest.mark.parametrize("per_row", [1, 7, 8048, 10**9 + 7])
+def test_chooser_never_exceeds_the_budget_and_is_monotone(per_row):
+    budgets = sorted([per_row, per_row + 1, 2 * per_row - 1, 2 * per_row, 10 * per_row + 3, 123_456_789_012])
+    chosen = [choose_rows(b, per_row) for b in budgets]
+    assert all(rows * per_row <= b for rows, b in zip(chosen, budgets, strict=True))
+    assert chosen == sorted(chosen) and chosen[0] == 1
+    assert choose_rows(per_row - 1, per_row) == 1  # a row over budget still runs alone
+    assert choose_rows(budgets[-1], per_row, max_rows=5) <= 5
+
+
+def test_chooser_with_the_estimator_fits_the_budget():
+    for layers in (1, 2):
+        per_row = row_bytes(DIMS, T, layers, 2)
+        for budget in range(per_row, 40 * per_row, 997):
+            assert choose_rows(budget, per_row) * per_row <= budget
+
+
+def test_estimate_from_model_and_cli(tmp_path, capsys):
+    model = tiny_bert()
+    est = estimate_from_model(model, 16, 2, 2, 4, "per_layer")
+    assert est["dims"]["n_layers"] == 3 and est["dims"]["intermediate"] == 64 and est["dims"]["vocab"] == 64
+    assert set(est["seconds"]) == {"cpu-2core", "a100", "h100", "h200"}
+    assert "prefix cache on" in format_estimate(est)
+    model.save_pretrained(tmp_path / "m")
+    argv = ["estimate", "--model", str(tmp_path / "m"), "--seq-len", "32", "--samples", "2", "--mask-probs", "2"]
+    assert main([*argv, "--steps", "4", "--method", "per_layer", "--device-class", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "expected on h100" in out and "cpu-2core" not in out
+    assert main([*argv, "--device-class", "tpu"]) == 2
+
+
+class _CountingEngine:
+    """Records the rows an IG run asks for (gates are ignored; losses and gradients are zeros)."""
+
+    prefix_cache = True
+
+    def __init__(self):
+        self.grad_rows, self.loss_rows, self.layer_rows = 0, 0, 0
+
+    def _count(self, gates, from_layer):
+        self.layer_rows += int((gates.shape[1] - from_layer).sum())
+        return gates.shape[0]
+
+    def gradients(self, scored, row_p, gates, describe=None, from_layer=None):
+        self.grad_rows += self._count(gates, from_layer)
+        return torch.zeros(gates.shape[0], dtype=torch.float64), torch.zeros(gates.shape)
+
+    def losses(self, scored, row_p, gates, describe=None, from_layer=None):
+        self.loss_rows += self._count(gates, from_layer)
+        return torch.zeros(gates.shape[0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rule", ["riemann_right", "riemann_left", "trapezoid", "gauss_legendre"])
+@pytest.mark.parametrize("method", ["per_layer", "joint"])
+def test_estimated_rows_are_the_rows_ig_runs(rule, method):
+    class _Scored:
+        sample_id, mask_probs, n_p, n_scored = "toy", [0.2, 0.5], 2, [1, 1]
+
+    n_layers, steps = 4, 3
+    dims = ModelDims(n_layers=n_layers, n_heads=2, hidden=8, intermediate=16, vocab=10)
+    engine = _CountingEngine()
+    integrated_gradients(engine, _Scored(), make_paths(method, n_layers, 2), rule, steps)
+    est = ig_cost(dims, T, 1, 2, steps, method, prefix_cache=True, rule=rule)
+    prefix_rows = 2 if method == "per_layer" else 0  # the engine's own capture pass, n_p rows x (L - 1) layers
+    assert est["grad_rows"] == engine.grad_rows
+    assert est["loss_rows"] == engine.loss_rows + prefix_rows
+    assert est["layer_forwards"] == engine.layer_rows + prefix_rows * (n_layers - 1)
