@@ -249,27 +249,33 @@ def validation_section(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, f
     ranked = summary[summary["method"] != "random"]
     most = ranked[ranked["order"] == "most_first"].sort_values("aopc_vs_random", ascending=False)
     least = ranked[ranked["order"] == "least_first"].set_index(["mode", "method"])["removable_fraction"]
-    labels = [m + (" (iterative)" if mode == "iterative" else "") for mode, m in zip(most["mode"], most["method"],
-                                                                                    strict=True)]
-    table = pd.DataFrame({
-        "method": labels,
-        "AOPC (loss, most first)": most["aopc"].to_numpy(),
-        "random AOPC": most["random_aopc"].to_numpy(),
-        "AOPC - random": most["aopc_vs_random"].to_numpy(),
-        "removable fraction (least first)": [
-            least.get((mode, m), float("nan")) for mode, m in zip(most["mode"], most["method"], strict=True)
-        ],
-    })
-    text = "\n".join([
-        f"### Seed {seed}\n",
-        f"![deletion](figures/{name})\n",
-        "Held-out loss and accuracy as heads are switched off in each method's order (solid: most important "
-        "first; dashed: least important first) against random orders (grey band).\n",
-        "Methods ranked by faithfulness (higher AOPC - random: removing the heads a method ranks first hurts "
-        "more than removing random heads):\n",
-        _md_table(table, ".4f"),
-        "",
-    ])
+    labels = [
+        m + (" (iterative)" if mode == "iterative" else "")
+        for mode, m in zip(most["mode"], most["method"], strict=True)
+    ]
+    table = pd.DataFrame(
+        {
+            "method": labels,
+            "AOPC (loss, most first)": most["aopc"].to_numpy(),
+            "random AOPC": most["random_aopc"].to_numpy(),
+            "AOPC - random": most["aopc_vs_random"].to_numpy(),
+            "removable fraction (least first)": [
+                least.get((mode, m), float("nan")) for mode, m in zip(most["mode"], most["method"], strict=True)
+            ],
+        }
+    )
+    text = "\n".join(
+        [
+            f"### Seed {seed}\n",
+            f"![deletion](figures/{name})\n",
+            "Held-out loss and accuracy as heads are switched off in each method's order (solid: most important "
+            "first; dashed: least important first) against random orders (grey band).\n",
+            "Methods ranked by faithfulness (higher AOPC - random: removing the heads a method ranks first hurts "
+            "more than removing random heads):\n",
+            _md_table(table, ".4f"),
+            "",
+        ]
+    )
     return text, {"seed": seed, "ranking": table.to_dict("records")}
 
 

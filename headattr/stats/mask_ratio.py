@@ -27,7 +27,6 @@ def mask_ratio_agreement(
         raise ValueError(f"mask_probs must be distinct, got {list(mask_probs)}")
     ks = list(ks)
     rows = [
-        {"p_a": pa, "p_b": pb, **agreement(scores[pa], scores[pb], ks, rank_by)}
-        for pa, pb in combinations(scores, 2)
+        {"p_a": pa, "p_b": pb, **agreement(scores[pa], scores[pb], ks, rank_by)} for pa, pb in combinations(scores, 2)
     ]
     return {"scores": scores, "pairs": pd.DataFrame(rows)}

@@ -131,9 +131,7 @@ def cross_seed_consistency(
             row |= {"null_mean": float(null.mean()), "p_value": p_value}
         topk_rows.append(row)
 
-    distribution = pd.DataFrame(
-        [{"seed": lab} | _distribution(x) for lab, x in zip(labels, (a, b), strict=True)]
-    )
+    distribution = pd.DataFrame([{"seed": lab} | _distribution(x) for lab, x in zip(labels, (a, b), strict=True)])
 
     ranked = per_layer.dropna(subset=["pearson"]).sort_values("pearson", kind="stable")
     pairs = [(int(r.layer), float(r.pearson)) for r in ranked.itertuples()]
