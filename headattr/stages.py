@@ -141,6 +141,20 @@ def attribute(
         mask_token_id=mask_id if mask_id is not None else getattr(tokenizer, "mask_token_id", None),
     )
     run_settings = AttributionSettings(**settings).validate()
+    if samples and run_settings.method in ("per_layer", "joint", "layered"):
+        from .cost import estimate_from_model, format_estimate
+
+        seq_len = int(round(np.mean([s.length for s in samples])))
+        est = estimate_from_model(
+            model,
+            seq_len,
+            len(samples),
+            len(run_settings.mask_probs),
+            run_settings.steps,
+            "per_layer" if run_settings.method == "per_layer" else "joint",
+            rule=run_settings.rule,
+        )
+        print(format_estimate(est), flush=True)
     engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
     arrays, full_meta = run_attribution(
         engine,
