@@ -40,6 +40,26 @@ def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
     return FAMILIES[family].mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None
 
 
+def load_adapter(model_cfg: dict):
+    """(model, adapter) from the workflow's ``model`` settings; the mask id from the config, the family or the
+    tokenizer, in that order."""
+    from .models.adapters import Adapter
+    from .models.loading import load_model
+
+    model, tokenizer = load_model(
+        model_cfg["path"],
+        model_cfg["dtype"],
+        model_cfg["device"],
+        model_cfg["trust_remote_code"],
+        model_cfg.get("attn_implementation"),
+    )
+    mask_id = model_cfg.get("mask_token_id")
+    adapter = Adapter(model, model_cfg["adapter"], mask_token_id=mask_id)
+    if adapter.mask_token_id is None:
+        adapter.mask_token_id = getattr(tokenizer, "mask_token_id", None)
+    return model, adapter
+
+
 def sample_data(
     source: str, fields: dict, max_samples: int, stratify: bool, seed: int, out: str | Path, heldout: int = 0
 ) -> dict:
@@ -113,8 +133,6 @@ def attribute(
     shard: str | None = None,
 ) -> dict:
     """Load the model, run IG over the shard's samples and layers (checkpointing per sample), write the dump."""
-    from .models.adapters import Adapter
-    from .models.loading import load_model
     from .shards import parse_shard
 
     samples = unpack_samples(load_npz(tokens_path))
@@ -127,19 +145,7 @@ def attribute(
     mask_ids = {str(s) for s in mask_arrays["sample_ids"]}
     if not {s.sample_id for s in samples} <= mask_ids:
         raise DataError(f"{masks_path}: masks were drawn for other samples than {tokens_path}")
-    model, tokenizer = load_model(
-        model_cfg["path"],
-        model_cfg["dtype"],
-        model_cfg["device"],
-        model_cfg["trust_remote_code"],
-        model_cfg.get("attn_implementation"),
-    )
-    mask_id = model_cfg.get("mask_token_id")
-    adapter = Adapter(
-        model,
-        model_cfg["adapter"],
-        mask_token_id=mask_id if mask_id is not None else getattr(tokenizer, "mask_token_id", None),
-    )
+    model, adapter = load_adapter(model_cfg)
     run_settings = AttributionSettings(**settings).validate()
     if samples and run_settings.method in ("per_layer", "joint", "layered"):
         from .cost import estimate_from_model, format_estimate
@@ -204,27 +210,13 @@ def validate_pruning(
     summary_out,
 ) -> dict:
     """Deletion curves on held-out samples for every method's ranking (mean score over samples and p)."""
-    from .models.adapters import Adapter
-    from .models.loading import load_model
     from .objective.loss import build_scored_input
     from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
 
     rankings = {m: load_dump(p)["ig"].astype(np.float64).mean((0, 1)) for m, p in dump_paths.items()}
     samples = unpack_samples(load_npz(tokens_path))
     masks = unpack_masks(load_npz(masks_path))
-    model, tokenizer = load_model(
-        model_cfg["path"],
-        model_cfg["dtype"],
-        model_cfg["device"],
-        model_cfg["trust_remote_code"],
-        model_cfg.get("attn_implementation"),
-    )
-    mask_id = model_cfg.get("mask_token_id")
-    adapter = Adapter(
-        model,
-        model_cfg["adapter"],
-        mask_token_id=mask_id if mask_id is not None else getattr(tokenizer, "mask_token_id", None),
-    )
+    model, adapter = load_adapter(model_cfg)
     probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
     scored = [
         build_scored_input(

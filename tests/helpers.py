@@ -298,3 +298,32 @@ def write_tiny_project(root, methods=("per_layer", "joint"), seeds=(1, 2), n_sam
             config[section] = values
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root / "config.yaml"
+
+
+class FunctionEngine:
+    """Stands in for GateEngine: L_p(g) = f(g) * (p index + 1) over gates [R, L, H]; counts engine calls."""
+
+    def __init__(self, fn, n_layers: int = N_LAYERS, n_heads: int = N_HEADS):
+        from types import SimpleNamespace
+
+        self.fn = fn
+        self.adapter = SimpleNamespace(n_layers=n_layers, n_heads=n_heads)
+        self.calls = []
+
+    def losses(self, scored, row_p, gates, describe=None):
+        self.calls.append(len(row_p))
+        with torch.no_grad():
+            return (self.fn(gates.double()) * (row_p + 1)).double()
+
+    def gradients(self, scored, row_p, gates, describe=None):
+        self.calls.append(len(row_p))
+        g = gates.double().requires_grad_(True)
+        out = self.fn(g) * (row_p + 1)
+        (grad,) = torch.autograd.grad(out.sum(), g)
+        return out.detach(), grad.float()
+
+
+class ToyScored:
+    """A scored input with two mask probabilities, for FunctionEngine."""
+
+    sample_id, mask_probs, n_p, n_scored = "toy", [0.2, 0.4], 2, [1, 1]

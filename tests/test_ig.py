@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, random_ids, tiny_bert
+from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, FunctionEngine, ToyScored, random_ids, tiny_bert
 
 from headattr.data.samples import Sample
 from headattr.engine import GateEngine
@@ -20,27 +20,6 @@ from headattr.objective.masking import draw_masks
 PROBS = [0.15, 0.5, 0.9]
 
 
-class FunctionEngine:
-    """Stands in for GateEngine: L_p(g) = f(g) * (p index + 1), gradients by autograd."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def losses(self, scored, row_p, gates, describe=None):
-        with torch.no_grad():
-            return (self.fn(gates.double()) * (row_p + 1)).double()
-
-    def gradients(self, scored, row_p, gates, describe=None):
-        g = gates.double().requires_grad_(True)
-        out = self.fn(g) * (row_p + 1)
-        (grad,) = torch.autograd.grad(out.sum(), g)
-        return out.detach(), grad.float()
-
-
-class _Scored:
-    sample_id, mask_probs, n_p, n_scored = "toy", [0.2, 0.4], 2, [1, 1]
-
-
 COEF = torch.linspace(-1, 1, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
 
 
@@ -48,7 +27,7 @@ COEF = torch.linspace(-1, 1, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_
 @pytest.mark.parametrize("mode", ["per_layer", "joint"])
 def test_exact_for_linear_functions_of_the_gates(rule, mode):
     engine = FunctionEngine(lambda g: (g * COEF).sum((-2, -1)))
-    res = integrated_gradients(engine, _Scored(), make_paths(mode, N_LAYERS, N_HEADS, 0.25), rule, 3)
+    res = integrated_gradients(engine, ToyScored(), make_paths(mode, N_LAYERS, N_HEADS, 0.25), rule, 3)
     expected = (COEF * 0.75).numpy()[None] * np.array([1, 2])[:, None, None]
     np.testing.assert_allclose(res.ig, expected, atol=1e-6)
     np.testing.assert_allclose(res.gap, 0, atol=1e-6)
@@ -57,9 +36,9 @@ def test_exact_for_linear_functions_of_the_gates(rule, mode):
 def test_quadratic_joint_ig_has_closed_form():
     """L = sum c g^2 on the joint path from 0: IG_i = c_i (exact with Gauss-Legendre, 2 nodes)."""
     engine = FunctionEngine(lambda g: (COEF * g**2).sum((-2, -1)))
-    res = integrated_gradients(engine, _Scored(), make_paths("joint", N_LAYERS, N_HEADS), "gauss_legendre", 2)
+    res = integrated_gradients(engine, ToyScored(), make_paths("joint", N_LAYERS, N_HEADS), "gauss_legendre", 2)
     np.testing.assert_allclose(res.ig[0], COEF.numpy(), atol=1e-6)
-    right = integrated_gradients(engine, _Scored(), make_paths("joint", N_LAYERS, N_HEADS), "riemann_right", 4)
+    right = integrated_gradients(engine, ToyScored(), make_paths("joint", N_LAYERS, N_HEADS), "riemann_right", 4)
     np.testing.assert_allclose(right.ig[0], COEF.numpy() * 2 * (1 + 2 + 3 + 4) / 16, atol=1e-6)
 
 
@@ -67,9 +46,9 @@ def test_layered_path_multiplies_by_path_velocity():
     """Per-head product function: layered IG must still be complete (it is wrong without d alpha / dt)."""
     engine = FunctionEngine(lambda g: (COEF * g).sum((-2, -1)) + g.prod(-1).sum(-1))
     paths = make_paths("layered", N_LAYERS, N_HEADS, lambdas=[0.0, 1.0, 2.0])
-    res = integrated_gradients(engine, _Scored(), paths, "gauss_legendre", 16)  # polynomial integrand: exact
+    res = integrated_gradients(engine, ToyScored(), paths, "gauss_legendre", 16)  # polynomial integrand: exact
     np.testing.assert_allclose(res.gap, 0, atol=1e-6)
-    res = integrated_gradients(engine, _Scored(), make_paths("layered", N_LAYERS, N_HEADS), "gauss_legendre", 64)
+    res = integrated_gradients(engine, ToyScored(), make_paths("layered", N_LAYERS, N_HEADS), "gauss_legendre", 64)
     assert np.abs(res.gap).max() < 1e-5
 
 

@@ -2,13 +2,12 @@
 
 from itertools import combinations
 from math import factorial
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, random_ids, tiny_bert
+from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, FunctionEngine, ToyScored, random_ids, tiny_bert
 
 from headattr.data.samples import Sample
 from headattr.engine import GateEngine
@@ -28,31 +27,6 @@ from headattr.models.adapters import Adapter
 from headattr.models.gates import gated
 from headattr.objective.loss import build_scored_input
 from headattr.objective.masking import draw_masks
-
-
-class ToyEngine:
-    """Stands in for GateEngine: L_p(g) = f(g) * (p index + 1) over gates [R, L, H]; counts engine calls."""
-
-    def __init__(self, fn, n_layers, n_heads):
-        self.fn = fn
-        self.adapter = SimpleNamespace(n_layers=n_layers, n_heads=n_heads)
-        self.calls = []
-
-    def losses(self, scored, row_p, gates, describe=None):
-        self.calls.append(len(row_p))
-        with torch.no_grad():
-            return (self.fn(gates.double()) * (row_p + 1)).double()
-
-    def gradients(self, scored, row_p, gates, describe=None):
-        self.calls.append(len(row_p))
-        g = gates.double().requires_grad_(True)
-        out = self.fn(g) * (row_p + 1)
-        (grad,) = torch.autograd.grad(out.sum(), g)
-        return out.detach(), grad.float()
-
-
-class _Scored:
-    sample_id, mask_probs, n_p, n_scored = "toy", [0.2, 0.4], 2, [1, 1]
 
 
 def interacting(g):
@@ -106,8 +80,8 @@ def enumerated_heads(fn, scope, n_layers, n_heads):
 
 @pytest.mark.parametrize("scope", ["all", "per_layer"])
 def test_exact_mode_equals_enumeration(scope):
-    engine = ToyEngine(interacting, 2, 2)
-    res = shapley_values(engine, _Scored(), scope, exact=True)
+    engine = FunctionEngine(interacting, 2, 2)
+    res = shapley_values(engine, ToyScored(), scope, exact=True)
     expected = enumerated_heads(interacting, scope, 2, 2)
     np.testing.assert_allclose(res.ig, expected[None] * np.array([1, 2])[:, None, None], atol=1e-6)
     assert np.abs(res.gap).max() < 1e-12
@@ -115,8 +89,8 @@ def test_exact_mode_equals_enumeration(scope):
 
 
 def test_sampled_values_agree_with_enumeration_within_their_standard_error():
-    engine = ToyEngine(interacting, 2, 2)
-    res = shapley_values(engine, _Scored(), "all", n_permutations=400)
+    engine = FunctionEngine(interacting, 2, 2)
+    res = shapley_values(engine, ToyScored(), "all", n_permutations=400)
     expected = enumerated_heads(interacting, "all", 2, 2)[None] * np.array([1, 2])[:, None, None]
     assert res.extras["se"].max() > 0
     assert (np.abs(res.ig - expected) < 4 * res.extras["se"] + 1e-9).all()
@@ -125,68 +99,68 @@ def test_sampled_values_agree_with_enumeration_within_their_standard_error():
 
 def test_linear_function_is_exact_from_any_permutations_and_stops_at_the_minimum():
     coef = torch.linspace(-1, 1, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
-    engine = ToyEngine(lambda g: (g * coef).sum((-2, -1)), N_LAYERS, N_HEADS)
+    engine = FunctionEngine(lambda g: (g * coef).sum((-2, -1)), N_LAYERS, N_HEADS)
     for scope in ("all", "per_layer"):
-        res = shapley_values(engine, _Scored(), scope, n_permutations=4, max_permutations=64, tol=1e-9)
+        res = shapley_values(engine, ToyScored(), scope, n_permutations=4, max_permutations=64, tol=1e-9)
         np.testing.assert_allclose(res.ig, coef.numpy()[None] * np.array([1, 2])[:, None, None], atol=1e-6)
         assert int(res.extras["n_permutations"]) == 4
         assert res.extras["se"].max() < 1e-9
-    one_layer = shapley_values(engine, _Scored(), "per_layer", n_permutations=2, layers=[1])
+    one_layer = shapley_values(engine, ToyScored(), "per_layer", n_permutations=2, layers=[1])
     assert one_layer.loss_base.shape == (2, 1) and np.all(one_layer.ig[:, [0, 2]] == 0)
     np.testing.assert_allclose(one_layer.ig[:, 1], coef[1].numpy()[None] * np.array([[1], [2]]), atol=1e-6)
 
 
 def test_every_permutation_is_efficient_and_paired_with_its_reverse():
-    engine = ToyEngine(six_heads, 2, 3)
+    engine = FunctionEngine(six_heads, 2, 3)
     for scope in ("all", "per_layer"):
         games = make_games(scope, 2, 3)
         perms = torch.stack(
             [antithetic_permutations(3, "toy", key, 0, 5, games.n_players) for key in games.keys]
         )  # [Q, 10, N]
         assert torch.equal(perms[:, 1::2], perms[:, 0::2].flip(-1))
-        full, base = game_endpoints(engine, _Scored(), games)
-        contrib = marginal_contributions(engine, _Scored(), games, perms, full, base)
+        full, base = game_endpoints(engine, ToyScored(), games)
+        contrib = marginal_contributions(engine, ToyScored(), games, perms, full, base)
         target = (full[:, None] - base)[:, :, None].expand(-1, -1, perms.shape[1])
         np.testing.assert_allclose(contrib.sum(-1), target, atol=1e-6)
         assert contrib.abs().min() < contrib.abs().max()  # permutations disagree: the function is non-additive
-        res = shapley_values(engine, _Scored(), scope, n_permutations=6)
+        res = shapley_values(engine, ToyScored(), scope, n_permutations=6)
         assert res.extras["efficiency_gap"].max() < 1e-6
         assert np.abs(res.gap).max() < 1e-6
 
 
 def test_standard_error_shrinks_with_more_permutations():
-    engine = ToyEngine(six_heads, 2, 3)
-    few = shapley_values(engine, _Scored(), "all", n_permutations=4)
-    many = shapley_values(engine, _Scored(), "all", n_permutations=64)
+    engine = FunctionEngine(six_heads, 2, 3)
+    few = shapley_values(engine, ToyScored(), "all", n_permutations=4)
+    many = shapley_values(engine, ToyScored(), "all", n_permutations=64)
     assert np.isfinite(few.extras["se"]).all() and few.extras["se"].max() > 0
     assert many.extras["se"].mean() < 0.5 * few.extras["se"].mean()
     assert many.extras["se"].max() < few.extras["se"].max()
 
 
 def test_rounds_and_adaptive_stopping():
-    engine = ToyEngine(six_heads, 2, 3)
-    one_round = shapley_values(engine, _Scored(), "all", n_permutations=32, seed=5)
+    engine = FunctionEngine(six_heads, 2, 3)
+    one_round = shapley_values(engine, ToyScored(), "all", n_permutations=32, seed=5)
     engine.calls.clear()
-    rounds = shapley_values(engine, _Scored(), "all", n_permutations=8, max_permutations=32, seed=5)
+    rounds = shapley_values(engine, ToyScored(), "all", n_permutations=8, max_permutations=32, seed=5)
     assert len(engine.calls) == 1 + 4  # endpoints, then four rounds of 8 permutations
     np.testing.assert_array_equal(rounds.ig, one_round.ig)
     np.testing.assert_array_equal(rounds.extras["se"], one_round.extras["se"])
     tol = float(one_round.extras["se"].max()) * 1.2
-    adaptive = shapley_values(engine, _Scored(), "all", n_permutations=8, max_permutations=512, tol=tol, seed=5)
+    adaptive = shapley_values(engine, ToyScored(), "all", n_permutations=8, max_permutations=512, tol=tol, seed=5)
     assert 8 < int(adaptive.extras["n_permutations"]) < 512
     assert adaptive.extras["se"].max() < tol
-    other = shapley_values(engine, type("Other", (_Scored,), {"sample_id": "other"})(), "all", n_permutations=32)
+    other = shapley_values(engine, type("Other", (ToyScored,), {"sample_id": "other"})(), "all", n_permutations=32)
     assert not np.array_equal(other.ig, one_round.ig)
 
 
 def test_bad_settings_name_the_key():
-    engine = ToyEngine(six_heads, 2, 3)
+    engine = FunctionEngine(six_heads, 2, 3)
     with pytest.raises(ConfigError, match="n_permutations"):
-        shapley_values(engine, _Scored(), n_permutations=3)
+        shapley_values(engine, ToyScored(), n_permutations=3)
     with pytest.raises(ConfigError, match="max_permutations"):
-        shapley_values(engine, _Scored(), n_permutations=8, max_permutations=4)
+        shapley_values(engine, ToyScored(), n_permutations=8, max_permutations=4)
     with pytest.raises(ConfigError, match="scope"):
-        shapley_values(engine, _Scored(), scope="pairs")
+        shapley_values(engine, ToyScored(), scope="pairs")
 
 
 def _sample(length=16, seed=0):
@@ -319,8 +293,8 @@ def test_leave_one_out_equals_a_plain_loop(family):
 
 def test_leave_one_out_is_one_batched_call_with_layer_references():
     coef = torch.linspace(-1, 1, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
-    engine = ToyEngine(lambda g: (g * coef).sum((-2, -1)) + g[..., 0, 0] * g[..., 0, 1], N_LAYERS, N_HEADS)
-    res = leave_one_out(engine, _Scored())
+    engine = FunctionEngine(lambda g: (g * coef).sum((-2, -1)) + g[..., 0, 0] * g[..., 0, 1], N_LAYERS, N_HEADS)
+    res = leave_one_out(engine, ToyScored())
     assert engine.calls == [2 * (1 + N_LAYERS * N_HEADS + N_LAYERS)]
     expected = coef.clone()
     expected[0, :2] += 1.0
