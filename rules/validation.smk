@@ -15,6 +15,8 @@ rule validate_pruning:
         f"{RESULTS}/logs/validate_pruning/{{key}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/validate_pruning/{{key}}.tsv"
+    group:
+        "summarise"
     conda:
         "../envs/engine.yaml"
     threads: 2
