@@ -32,6 +32,10 @@ def _wall_time(benchmark_tsvs) -> float | None:
         return None
 
 
+# methods whose scores obey no sum rule: their "gap" columns are not completeness gaps (reported as null)
+NO_COMPLETENESS = ("first_order", "leave_one_out")
+
+
 def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
     """Digest of one (seed, method): sample count, completeness gaps, top heads, wall time."""
     heads = pd.read_csv(heads_csv)
@@ -47,7 +51,9 @@ def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
             "gap_abs_median": float(comp["gap"].abs().median()),
             "gap_rel_max": float(comp["rel_gap"].max()),
             "gap_rel_median": float(comp["rel_gap"].median()),
-        },
+        }
+        if unit["method"] not in NO_COMPLETENESS
+        else dict.fromkeys(("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median")),
         "top_heads": [
             {"label": r.label, "layer": int(r.layer), "head": int(r.head), "importance": float(r.importance)}
             for r in top.itertuples()
@@ -55,6 +61,11 @@ def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
         "n_shards": len(unit.get("benchmarks", [])),
         "wall_time_s": _wall_time(unit.get("benchmarks", [])),
     }
+
+
+def _na(value):
+    """Completeness of a method without a sum rule is shown as n/a."""
+    return "n/a" if value is None else value
 
 
 def _md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -347,9 +358,9 @@ def build_report(
                 "method": s["method"],
                 "seed": s["seed"],
                 "n_samples": s["n_samples"],
-                "gap_abs_max": s["completeness"]["gap_abs_max"],
-                "gap_abs_median": s["completeness"]["gap_abs_median"],
-                "gap_rel_max": s["completeness"]["gap_rel_max"],
+                "gap_abs_max": _na(s["completeness"]["gap_abs_max"]),
+                "gap_abs_median": _na(s["completeness"]["gap_abs_median"]),
+                "gap_rel_max": _na(s["completeness"]["gap_rel_max"]),
                 "wall_time_s": s["wall_time_s"] or float("nan"),
             }
             for s in summaries
@@ -367,7 +378,8 @@ def build_report(
         "Scores are the raw IG of the loss over head gates; importance = -IG (a head whose gate lowers the loss "
         "is important).\n",
         "## Completeness\n",
-        "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities.\n",
+        "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities "
+        "(n/a for first-order and leave-one-out scores, which obey no sum rule).\n",
         _md_table(comp_rows),
         "\n## Attribution per method and seed\n",
         *sections,
