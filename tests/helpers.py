@@ -327,3 +327,18 @@ class ToyScored:
     """A scored input with two mask probabilities, for FunctionEngine."""
 
     sample_id, mask_probs, n_p, n_scored = "toy", [0.2, 0.4], 2, [1, 1]
+
+
+def job_stats(output: str) -> dict:
+    """Job counts per rule from the first 'Job stats' table of Snakemake's output ({} when nothing is to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    lines = output.splitlines()
+    start = lines.index("Job stats:") + 3
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import write_tiny_project
+from helpers import job_stats, write_tiny_project
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -75,17 +75,7 @@ def run(cmd, cwd, label, timeout=TIMEOUT):
 
 def planned_jobs(output: str) -> dict:
     """Job counts per rule from a dry run's 'Job stats' table ({} when there is nothing to do)."""
-    if "Nothing to be done" in output:
-        return {}
-    lines = output.splitlines()
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
+    return job_stats(output)
 
 
 def dry_run(cwd, *targets):

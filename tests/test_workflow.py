@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import N_HEADS, N_LAYERS, write_tiny_project
+from helpers import N_HEADS, N_LAYERS, job_stats, write_tiny_project
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -32,17 +32,7 @@ def assert_tables_not_empty(markdown: str):
 
 def planned_jobs(result) -> dict:
     """Job counts from a dry run's 'Job stats' table."""
-    lines = result.stdout.splitlines()
-    if "Nothing to be done" in result.stdout + result.stderr:
-        return {}
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
+    return job_stats(result.stdout + "\n" + result.stderr)
 
 
 @pytest.fixture(scope="module")
