@@ -213,8 +213,8 @@ def first_run(cluster, tmp_path_factory):
 
 
 def kill_scenario(root: Path, target: str, state: dict):
-    """Run `target` through SLURM, scancel its attribute job once RUNNING (after its first per-sample checkpoint
-    when one appears within 30 s), wait for snakemake to give up, then rerun the same command."""
+    """Run `target` through SLURM, scancel its attribute job as soon as it is RUNNING, wait for snakemake to give
+    up, then rerun the same command."""
     state["plan"] = dry_run(root, target)
     cmd = slurm_cmd(target)
     t0 = time.monotonic()
@@ -234,19 +234,12 @@ def kill_scenario(root: Path, target: str, state: dict):
             running = [ln.split("|")[0] for ln in queue.splitlines() if "|RUNNING|rule_attribute_" in ln]
             if not running:
                 continue
-            partial = root / "results" / "ig" / target.split("/")[2] / "partial"
-            wait_until = time.monotonic() + 30
-            while time.monotonic() < wait_until:
-                if partial.is_dir() and any(p.is_file() for p in partial.rglob("*")):
-                    state["checkpointed"] = True
-                    break
-                still = subprocess.run(["squeue", "-h", "-j", running[0], "-o", "%T"], capture_output=True, text=True)
-                if still.stdout.strip() != "RUNNING":
-                    break
-                time.sleep(0.2)
+            # cancel at once: on an idle machine the tiny job's samples take well under a second after its
+            # ~8 s start-up, so waiting for a checkpoint raced with the job's own end (resume from per-sample
+            # checkpoints is tested locally in tests/test_resume.py)
             subprocess.run(["scancel", running[0]], check=True)
             state["killed"] = running[0]
-            _log(f"kill test: scancel {running[0]} (after a checkpoint: {state.get('checkpointed', False)})")
+            _log(f"kill test: scancel {running[0]}")
         if "killed" in state:
             state["rc"] = proc.wait(timeout=300)  # snakemake must notice the cancelled job by itself
     except subprocess.TimeoutExpired:
