@@ -137,9 +137,8 @@ def run_attribute(options: dict) -> Path:
     from .data.tokenize import tokenize_records
     from .dumps import save_npz
     from .engine import GateEngine
-    from .models.adapters import Adapter
-    from .models.loading import load_model
     from .objective.masking import draw_masks
+    from .stages import load_adapter
 
     settings = AttributionSettings(
         method=options["method"],
@@ -153,9 +152,11 @@ def run_attribute(options: dict) -> Path:
         mask_seed=options["mask_seed"],
     ).validate()
     records = sample_records(to_records(read_table(options["data"])), options["max_samples"], options["data_seed"])
-    model, tokenizer = load_model(options["model"], options["dtype"], options["device"], options["trust_remote_code"])
-    mask_id = options["mask_token_id"] if options["mask_token_id"] is not None else tokenizer.mask_token_id
-    adapter = Adapter(model, options["adapter"], mask_token_id=mask_id)
+    model_cfg = {
+        "path": options["model"],
+        **{k: options[k] for k in ("dtype", "device", "trust_remote_code", "adapter", "mask_token_id")},
+    }
+    _, tokenizer, adapter = load_adapter(model_cfg)
     samples, report = tokenize_records(records, tokenizer, options["max_len"], shift=adapter.shift_logits)
     masks = None
     if settings.objective == "diffusion":

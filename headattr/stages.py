@@ -41,8 +41,9 @@ def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
 
 
 def load_adapter(model_cfg: dict):
-    """(model, adapter) from the workflow's ``model`` settings; the mask id from the config, the family or the
-    tokenizer, in that order."""
+    """(model, tokenizer, adapter) from the workflow's ``model`` settings.
+
+    The mask id comes from the config, else the model family, else the tokenizer."""
     from .models.adapters import Adapter
     from .models.loading import load_model
 
@@ -57,7 +58,7 @@ def load_adapter(model_cfg: dict):
     adapter = Adapter(model, model_cfg["adapter"], mask_token_id=mask_id)
     if adapter.mask_token_id is None:
         adapter.mask_token_id = getattr(tokenizer, "mask_token_id", None)
-    return model, adapter
+    return model, tokenizer, adapter
 
 
 def sample_data(
@@ -145,7 +146,7 @@ def attribute(
     mask_ids = {str(s) for s in mask_arrays["sample_ids"]}
     if not {s.sample_id for s in samples} <= mask_ids:
         raise DataError(f"{masks_path}: masks were drawn for other samples than {tokens_path}")
-    model, adapter = load_adapter(model_cfg)
+    model, _, adapter = load_adapter(model_cfg)
     run_settings = AttributionSettings(**settings).validate()
     if samples and run_settings.method in ("per_layer", "joint", "layered"):
         from .cost import estimate_from_model, format_estimate
@@ -216,7 +217,7 @@ def validate_pruning(
     rankings = {m: load_dump(p)["ig"].astype(np.float64).mean((0, 1)) for m, p in dump_paths.items()}
     samples = unpack_samples(load_npz(tokens_path))
     masks = unpack_masks(load_npz(masks_path))
-    model, adapter = load_adapter(model_cfg)
+    model, _, adapter = load_adapter(model_cfg)
     probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
     scored = [
         build_scored_input(
