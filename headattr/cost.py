@@ -150,6 +150,7 @@ def ig_cost(
     end_losses: bool = True,
     rule: str = "riemann_right",
     shared_rows: bool = True,
+    attention_cache: bool = True,
 ) -> dict:
     """Row-passes and FLOPs of an IG run (see the module docstring for the model).
 
@@ -157,19 +158,21 @@ def ig_cost(
     ``param_grads``, ``end_losses=False`` and ``shared_rows=False`` describe a plain loop that computes every
     logit, parameter gradients, no path-end losses and every row even when paths share it. With ``shared_rows``
     a node at t = 1 ("all on", shared by every per-layer path) runs once per p from layer 0 and provides
-    L(all on); a node at t = 0 provides L(path start).
+    L(all on); a node at t = 0 provides L(path start). With ``attention_cache`` (and prefix caching) a row starting
+    at layer l > 0 replays that layer's q/k/v projections and attention from the prefix pass, which runs them for
+    the last layer too.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
     n_layers = dims.n_layers
     s = seq_len if full_logits else scored_fraction * seq_len
     # The moving layer's q/k/v and attention need no backward when its input is cached (fraction of a layer).
-    tail = 1.0 - (dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden) / (
-        2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden
-    )
+    attention_part = dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden
+    tail = 1.0 - attention_part / (2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden)
+    replay = bool(attention_cache and prefix_cache and method == "per_layer")
     grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd = 0, 0, 0.0, 0.0, 0.0, 0.0
 
-    def add(rows: int, layers: int, grad: bool, back_layers: float | None = None):
+    def add(rows: int, layers: int, grad: bool, back_layers: float | None = None, replayed: bool = False):
         nonlocal grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd
         back_layers = None if param_grads else back_layers  # parameter gradients need every layer's backward
         cost = row_flops(dims, seq_len, layers, s, grad, param_grads, back_layers)
@@ -177,7 +180,7 @@ def ig_cost(
         loss_rows += 0 if grad else rows
         layer_fwd += rows * layers
         layer_bwd += rows * ((layers if back_layers is None else back_layers) if grad else 0)
-        fwd += rows * cost.forward
+        fwd += rows * (cost.forward - (attention_part if replayed else 0.0))
         bwd += rows * cost.backward
 
     at_one = int(shared_rows and rule in ("riemann_right", "trapezoid"))  # a node at t = 1
@@ -188,9 +191,10 @@ def ig_cost(
             add(n_p * (2 - at_one - at_zero), n_layers, False)
     elif prefix_cache:
         for layer in range(n_layers):
-            add(n_p * (steps - at_one), n_layers - layer, True, n_layers - layer - 1 + tail)
+            replayed = replay and layer > 0
+            add(n_p * (steps - at_one), n_layers - layer, True, n_layers - layer - 1 + tail, replayed)
             if end_losses:
-                add(n_p * (1 - at_zero), n_layers - layer, False)
+                add(n_p * (1 - at_zero), n_layers - layer, False, replayed=replayed)
         add(n_p * at_one, n_layers, True, n_layers - 1 + tail)
         if end_losses:
             add(n_p * (1 - at_one), n_layers, False)
@@ -198,7 +202,7 @@ def ig_cost(
             prefix = row_flops(dims, seq_len, n_layers - 1, 0, False)
             loss_rows += n_p
             layer_fwd += n_p * (n_layers - 1)
-            fwd += n_p * prefix.forward
+            fwd += n_p * (prefix.forward + (attention_part if replay else 0.0))
     else:
         add(n_p * (n_layers * (steps - at_one) + at_one), n_layers, True, n_layers - 1 + tail)
         if end_losses:

@@ -8,7 +8,9 @@ Speed-ups that live here, beneath all methods: model parameters never require gr
 computed only at scored positions (a pre-hook on the adapter's head module selects them before the
 projection to the vocabulary); no key/value cache is built; and prefix caching (``from_layer``): a row whose
 gates below layer l are all 1 runs only layers l..L-1 from the hidden states cached by one all-on pass per
-sample (see :mod:`headattr.prefix`), so per-layer IG runs about half the layers and backpropagates through fewer.
+sample (see :mod:`headattr.prefix`), so per-layer IG runs about half the layers and backpropagates through fewer;
+the same pass records each layer's attention output (z), which a row starting at layer l replays instead of
+recomputing layer l's q/k/v projections and attention (``attention_cache``).
 Rows per pass come from ``rows_per_pass`` or, when that is None, from a memory budget (see :mod:`headattr.cost`).
 """
 
@@ -56,6 +58,8 @@ class GateEngine:
             False runs every row through the whole model (the reference behaviour). Default: True.
         memory_budget (int | None): activation bytes per pass for ``rows_per_pass=None``; default
             :func:`default_memory_budget`.
+        attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
+            the adapter allows (see :mod:`headattr.prefix`). Default: True.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class GateEngine:
         autocast_dtype: torch.dtype | None = None,
         prefix_cache: bool = True,
         memory_budget: int | None = None,
+        attention_cache: bool = True,
     ):
         if rows_per_pass is not None and rows_per_pass < 1:
             raise ValueError("rows_per_pass must be >= 1 (or None for the memory-budget chooser)")
@@ -77,9 +82,10 @@ class GateEngine:
         self.rows_per_pass = None if rows_per_pass is None else int(rows_per_pass)
         self.autocast_dtype = autocast_dtype
         self.prefix_cache = bool(prefix_cache)
+        self.attention_cache = bool(attention_cache) and self.prefix_cache
         self.memory_budget = memory_budget
         self._stack = LayerStack(adapter) if self.prefix_cache else None
-        self._prefix: tuple[ScoredInput, dict[int, torch.Tensor]] | None = None
+        self._prefix: tuple[ScoredInput, dict[int, torch.Tensor], dict[int, tuple]] | None = None
         self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
         try:
             self._dims = dims_from_model(self.model)
@@ -212,21 +218,30 @@ class GateEngine:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
 
     def _ensure_prefix(self, scored: ScoredInput, layers: list[int]) -> None:
-        """Cache the hidden states entering ``layers`` for every mask probability of ``scored`` (all gates on)."""
+        """Cache the hidden states entering ``layers`` (and their attention, with ``attention_cache``) for every
+        mask probability of ``scored`` (all gates on)."""
         wanted = {x for x in layers if x > 0}
         if self._prefix is not None and self._prefix[0] is scored and wanted <= self._prefix[1].keys():
             return
         self._prefix = None
         ids = scored.input_ids.to(self.device)
         cache: dict[int, list[torch.Tensor]] = {x: [] for x in wanted}
-        chunk = self.rows_for(scored, max(wanted), False)
+        z_cache: dict[int, list[torch.Tensor]] = {}
+        forms = {}
+        chunk = self.rows_for(scored, max(wanted) + 1, False)
         for lo in range(0, ids.shape[0], chunk):
             inputs = {**self.adapter.model_inputs(ids[lo : lo + chunk]), **self._extra_inputs}
             with torch.no_grad(), self._autocast():
-                part = self._stack.capture(lambda inputs=inputs: self.model(**inputs), wanted)
+                part, replays = self._stack.capture(
+                    lambda inputs=inputs: self.model(**inputs), wanted, wanted if self.attention_cache else ()
+                )
             for x, hidden in part.items():
                 cache[x].append(hidden)
-        self._prefix = (scored, {x: torch.cat(parts) for x, parts in cache.items()})
+            for x, (form, z) in replays.items():
+                forms.setdefault(x, form)
+                z_cache.setdefault(x, []).append(z)
+        z_full = {x: (forms[x], torch.cat(parts)) for x, parts in z_cache.items() if len(parts) == len(cache[x])}
+        self._prefix = (scored, {x: torch.cat(parts) for x, parts in cache.items()}, z_full)
 
     def _chunk(self, scored: ScoredInput, row_p, gates: torch.Tensor, grad: bool, layer: int = 0, accuracy=False):
         n = [scored.targets[i].numel() for i in row_p.tolist()]
@@ -239,15 +254,19 @@ class GateEngine:
         self._gates.gates = g
         self._selection = (sel_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
-        suffix = nullcontext()
+        suffix, replay = nullcontext(), None
         if layer > 0:
             cached = self._prefix[1][layer]
-            suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)])
+            if layer in self._prefix[2]:
+                form, z = self._prefix[2][layer]
+                replay = (form, lambda: z[row_p.to(z.device)])
+            suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)], replay)
         try:
             with torch.set_grad_enabled(grad), self._autocast(), suffix as calls:
                 out = self.model(**self.adapter.model_inputs(ids), **self._extra_inputs)
-                if layer > 0 and calls != [layer]:
-                    raise RuntimeError(f"prefix cache: layer {layer} ran {len(calls)} times in a suffix pass")
+                expected = [layer] + (["attention"] if replay else [])
+                if layer > 0 and sorted(calls, key=str) != sorted(expected, key=str):
+                    raise RuntimeError(f"prefix cache: layer {layer} ran as {calls} in a suffix pass, not {expected}")
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 logits = logits.reshape(-1, logits.shape[-1]) if self._selected else logits[self._selection]
                 compute = torch.promote_types(logits.dtype, torch.float32)

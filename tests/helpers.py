@@ -127,22 +127,25 @@ class _Attention(nn.Module):
 
 
 class _LLaDABlock(nn.Module):
-    """LLaDA keeps q/k/v/attn_out directly on the block."""
+    """Laid out like LLaDALlamaBlock: q/k/v/attn_out on the block; its ``attention`` method ends in attn_out."""
 
     def __init__(self):
         super().__init__()
-        self.attn = _Attention("attn_out")
-        self.q_proj, self.k_proj, self.v_proj, self.attn_out = (
-            self.attn.q_proj,
-            self.attn.k_proj,
-            self.attn.v_proj,
-            self.attn.attn_out,
-        )
+        self.q_proj, self.k_proj, self.v_proj, self.attn_out = (nn.Linear(HIDDEN, HIDDEN, bias=False) for _ in range(4))
         self.ff = nn.Sequential(nn.Linear(HIDDEN, 64), nn.GELU(), nn.Linear(64, HIDDEN))
         self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
 
+    def attention(self, q, k, v, attention_bias=None, layer_past=None, use_cache=False):
+        b, t, _ = q.shape
+        q, k, v = (x.view(b, t, N_HEADS, -1).transpose(1, 2) for x in (q, k, v))
+        att = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.attn_out(att.transpose(1, 2).reshape(b, t, HIDDEN)), None
+
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+        x_normed = self.norm1(x)
+        q, k, v = self.q_proj(x_normed), self.k_proj(x_normed), self.v_proj(x_normed)
+        att, _ = self.attention(q, k, v, None, layer_past=None, use_cache=False)
+        x = x + att
         return x + self.ff(self.norm2(x))
 
 

@@ -159,3 +159,70 @@ def test_bf16_autocast_keeps_fp32_gates_and_matches_uncached():
     assert results[0].ig.dtype == np.float32 and np.isfinite(results[0].ig).all()
     scale = np.abs(results[1].ig).max()
     np.testing.assert_allclose(results[0].ig, results[1].ig, atol=1e-2 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_BUILDERS))
+def test_every_family_replays_the_attention_of_its_first_layer(family):
+    adapter = Adapter(FAMILY_BUILDERS[family]().double(), mask_token_id=4)
+    scored = _scored(adapter)
+    engine = GateEngine(adapter, rows_per_pass=4)
+    engine.prepare_prefix(scored)
+    assert sorted(engine._prefix[2]) == list(range(1, N_LAYERS))
+    engine.close()
+    off = GateEngine(adapter, rows_per_pass=7, attention_cache=False)
+    try:
+        paths = make_paths("per_layer", N_LAYERS, N_HEADS, 0.1)
+        reference = integrated_gradients(off, scored, paths, "riemann_right", 3)
+    finally:
+        off.close()
+    _assert_same(_ig(adapter, scored, True, rows=3), reference, 1e-6)
+
+
+def _ig_flops(adapter, scored, attention_cache: bool) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    engine = GateEngine(adapter, rows_per_pass=5, attention_cache=attention_cache)
+    paths = make_paths("per_layer", N_LAYERS, N_HEADS)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            integrated_gradients(engine, scored, paths, "riemann_right", 3)
+    finally:
+        engine.close()
+    return counter.get_total_flops()
+
+
+def test_attention_replay_skips_exactly_the_first_layers_qkv_and_attention():
+    adapter = Adapter(tiny_bert(), mask_token_id=4)
+    scored = _scored(adapter)
+    t, d, n_p, m = scored.input_ids.shape[1], 32, len(PROBS), 3
+    # rows starting above layer 0: per path l >= 1, (m - 1) gradient rows and one baseline row per p; the
+    # capture pass pays for it by running the last layer's attention too (n_p rows), where it stopped before
+    replayed_rows = (N_LAYERS - 1) * n_p * m
+    per_row = 3 * 2 * t * d * d + 2 * 2 * t * t * d  # q, k, v projections; QK^T and attention-weighted V
+    saved = _ig_flops(adapter, scored, False) - _ig_flops(adapter, scored, True)
+    assert saved == (replayed_rows - n_p) * per_row
+
+
+class _CopyingDreamAttention(torch.nn.Module):
+    """Returns a copy of its output projection's result: the replay form cannot be verified by identity."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.o_proj = inner.o_proj
+
+    def forward(self, x, mask4d=None):
+        return self.inner(x, mask4d).clone()
+
+
+def test_unverifiable_attention_is_recomputed_not_replayed():
+    model = FAMILY_BUILDERS["dream"]().double()
+    for layer in model.model.layers:
+        layer.self_attn = _CopyingDreamAttention(layer.self_attn)
+    adapter = Adapter(model, mask_token_id=4)
+    scored = _scored(adapter)
+    engine = GateEngine(adapter, rows_per_pass=4)
+    engine.prepare_prefix(scored)
+    assert engine._prefix[2] == {}
+    engine.close()
+    _assert_same(_ig(adapter, scored, True), _ig(adapter, scored, False), 1e-6)

@@ -29,6 +29,7 @@ class FamilySpec:
     shift_logits: bool = False
     padding: str = "mask2d"  # "mask2d" | "mask4d" (Dream) | "unsupported" (LLaDA ignores the mask)
     mask_token_id: int | None = None
+    attention: str | None = None  # callable on the layer computing attention before (or up to) out_proj
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -39,6 +40,7 @@ FAMILIES: dict[str, FamilySpec] = {
         head_paths=("model.transformer.ff_out", "transformer.ff_out"),
         padding="unsupported",
         mask_token_id=126336,
+        attention="attention",
     ),
     "dream": FamilySpec(
         name="dream",
@@ -48,27 +50,35 @@ FAMILIES: dict[str, FamilySpec] = {
         shift_logits=True,
         padding="mask4d",
         mask_token_id=151666,
+        attention="self_attn",
     ),
     "llama": FamilySpec(
         name="llama",
         layer_paths=("model.layers", "layers"),
         out_proj="self_attn.o_proj",
         head_paths=("lm_head",),
+        attention="self_attn",
     ),
     "bert": FamilySpec(
         name="bert",
         layer_paths=("bert.encoder.layer", "roberta.encoder.layer", "encoder.layer"),
         out_proj="attention.output.dense",
         head_paths=("cls", "lm_head"),
+        attention="attention.self",
     ),
     "distilbert": FamilySpec(
         name="distilbert",
         layer_paths=("distilbert.transformer.layer", "transformer.layer"),
         out_proj="attention.out_lin",
         head_paths=("vocab_transform",),
+        attention="attention",
     ),
     "gpt2": FamilySpec(
-        name="gpt2", layer_paths=("transformer.h", "h"), out_proj="attn.c_proj", head_paths=("lm_head",)
+        name="gpt2",
+        layer_paths=("transformer.h", "h"),
+        out_proj="attn.c_proj",
+        head_paths=("lm_head",),
+        attention="attn",
     ),
 }
 
