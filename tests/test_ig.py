@@ -180,3 +180,21 @@ def test_vocab_logits_only_at_scored_positions():
     scored = _scored(engine.adapter, _sample())
     engine.losses(scored, torch.arange(3), torch.ones(3, N_LAYERS, N_HEADS))
     assert seen == [(1, sum(scored.n_scored), model.config.vocab_size)]
+
+
+def test_without_start_losses_ig_is_unchanged_and_the_gap_is_nan():
+    from test_prefix import _scored
+
+    adapter = Adapter(tiny_bert().double(), mask_token_id=4)
+    scored = _scored(adapter)
+    engine = GateEngine(adapter, rows_per_pass=4)
+    paths = make_paths("per_layer", N_LAYERS, N_HEADS)
+    try:
+        full = integrated_gradients(engine, scored, paths, "riemann_right", 3)
+        lean = integrated_gradients(engine, scored, paths, "riemann_right", 3, start_losses=False)
+    finally:
+        engine.close()
+    np.testing.assert_array_equal(lean.ig, full.ig)
+    np.testing.assert_array_equal(lean.loss_full, full.loss_full)
+    assert np.isnan(lean.loss_base).all() and np.isnan(lean.gap).all()
+    assert np.abs(full.gap).max() < np.abs(full.loss_full[:, None] - full.loss_base).max()

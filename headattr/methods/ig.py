@@ -52,9 +52,18 @@ def first_moving_layer(paths: GatePaths) -> torch.Tensor:
 
 
 def integrated_gradients(
-    engine: GateEngine, scored: ScoredInput, paths: GatePaths, rule: str = "riemann_right", steps: int = 8
+    engine: GateEngine,
+    scored: ScoredInput,
+    paths: GatePaths,
+    rule: str = "riemann_right",
+    steps: int = 8,
+    start_losses: bool = True,
 ) -> SampleAttribution:
-    """IG of ``scored`` along every path in ``paths`` with quadrature ``rule`` at ``steps`` nodes."""
+    """IG of ``scored`` along every path in ``paths`` with quadrature ``rule`` at ``steps`` nodes.
+
+    ``start_losses=False`` skips the forward rows that only serve the completeness check (the loss at a path
+    start that is not a quadrature node): ``loss_base`` and ``gap`` are NaN there, ``ig`` is unchanged.
+    """
     t, w = nodes_and_weights(rule, steps)
     n_p, n_q, m = scored.n_p, paths.n_paths, len(t)
     node_gates = paths.gates(t)  # [m, Q, L, H]
@@ -104,6 +113,8 @@ def integrated_gradients(
                 loss_base[:, q] = loss_full
             elif t_zero.size:  # the start is the node t = 0 of this path
                 loss_base[:, q] = losses_q[(rows % m == int(t_zero[0])).nonzero().flatten()]
+            elif not start_losses:
+                loss_base[:, q] = float("nan")
             else:
                 loss_base[:, q] = engine.losses(
                     scored,
