@@ -5,8 +5,10 @@
 
 Implementations (all give the same attributions; checked to ``--rtol`` of the largest |attribution|):
 - ``engine``: :class:`headattr.engine.GateEngine` + :func:`headattr.methods.ig.integrated_gradients`, rows per
-  pass from the memory-budget chooser, prefix caching on (``engine-noprefix``: the same with it off); both
-  run shared rows once and include the path-end losses (completeness check) the others do not compute;
+  pass from the memory-budget chooser, prefix caching and attention replay on, as the workflow runs it: shared
+  rows once, plus the path-start losses of the completeness check, which the others do not compute;
+  ``engine-igonly``: the same without those extra forward rows (the like-for-like comparison: IG only);
+  ``engine-noprefix``: prefix caching off;
 - ``plain``: what the users' scripts do: one row at a time (per mask probability, per layer, per step), full
   model forward and ``loss.backward()`` with parameter gradients ON and vocabulary logits at every position;
 - ``captum``: ``captum.attr.IntegratedGradients`` (method ``riemann_right``, baseline 0, ``internal_batch_size``)
@@ -31,7 +33,7 @@ import gc
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -257,40 +259,41 @@ def pick_captum_batch(model, adapter, scored_list, steps, max_batch, autocast, d
         _, seconds, _, _ = timed(
             lambda batch=batch: captum_ig(model, adapter, scored_list, "per_layer", steps, batch, autocast, [0]),
             device,
-            1,
         )
         timings[batch] = seconds
     return min(timings, key=timings.get)
 
 
-def engine_ig(adapter, scored_list, method, steps, prefix: bool, autocast_dtype, budget) -> list[np.ndarray]:
+def engine_ig(
+    adapter, scored_list, method, steps, prefix: bool, autocast_dtype, budget, start_losses=True
+) -> list[np.ndarray]:
     engine = GateEngine(
         adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, prefix_cache=prefix, memory_budget=budget
     )
     paths = make_paths(method, adapter.n_layers, adapter.n_heads)
     try:
         return [
-            integrated_gradients(engine, s, paths, "riemann_right", steps).ig.astype(np.float64) for s in scored_list
+            integrated_gradients(engine, s, paths, "riemann_right", steps, start_losses).ig.astype(np.float64)
+            for s in scored_list
         ]
     finally:
         engine.close()
 
 
-def timed(fn, device, repeats: int):
-    """(result, best wall seconds, process CPU seconds and peak memory bytes of that run)."""
-    best, cpu, peak, out = float("inf"), 0.0, 0, None
-    for _ in range(repeats):
-        gc.collect()
-        mem = PeakMemory(device)
-        with mem.measure():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-        if seconds < best:
-            best, cpu, peak = seconds, cpu_seconds, mem.peak
-    return out, best, cpu, peak
+def timed(fn, device):
+    """(result, wall seconds, process CPU seconds, peak memory bytes: CUDA only, 0 on CPU) of one run of ``fn``.
+
+    On CPU the run is not profiled (see :class:`PeakMemory`): profiling would slow it down.
+    """
+    gc.collect()
+    mem = PeakMemory(device)
+    with mem.measure() if device.type == "cuda" else nullcontext():
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    return out, seconds, cpu_seconds, mem.peak
 
 
 def main(argv=None) -> int:
@@ -303,7 +306,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=["per_layer", "joint"], choices=["per_layer", "joint"])
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain loop (slow for big models)")
     parser.add_argument("--skip-captum", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="time each implementation this often, keep the best")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all implementations; each keeps its best round"
+    )
     parser.add_argument("--memory-budget-gib", type=float, help="activation budget per pass (default: engine's)")
     parser.add_argument(
         "--captum-batch", type=int, help="Captum internal_batch_size (default: the fastest of 1, 2, 4, ... that fits)"
@@ -371,6 +376,9 @@ def main(argv=None) -> int:
     for method in args.methods:
         impls[method] = {
             "engine": lambda m=method: engine_ig(adapter, scored_list, m, args.steps, True, autocast_dtype, budget),
+            "engine-igonly": lambda m=method: engine_ig(
+                adapter, scored_list, m, args.steps, True, autocast_dtype, budget, start_losses=False
+            ),
             "engine-noprefix": lambda m=method: engine_ig(
                 adapter, scored_list, m, args.steps, False, autocast_dtype, budget
             ),
@@ -387,6 +395,7 @@ def main(argv=None) -> int:
         baseline = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
         flops[method] = {
             "engine": ig_cost(prefix_cache=True, **cost)["flops"],
+            "engine-igonly": ig_cost(prefix_cache=True, end_losses=False, **cost)["flops"],
             "engine-noprefix": ig_cost(prefix_cache=False, **cost)["flops"],
             "captum": ig_cost(**baseline, **cost)["flops"],
             "plain": ig_cost(param_grads=True, **baseline, **cost)["flops"],
@@ -410,11 +419,17 @@ def main(argv=None) -> int:
             captum_ig(model, adapter, scored_list[:1], method, args.steps, captum_batch, autocast, [0])
         if not args.skip_plain:
             plain_loop(model, adapter, scored_list[:1], method, 1, autocast, [0])
-    for method in args.methods:
-        for name, fn in impls[method].items():
-            out, seconds, cpu, peak = timed(fn, device, args.repeats)
-            results[method, name] = dict(ig=np.stack(out), wall=seconds, cpu=cpu, peak=peaks.get((method, name), peak))
-            print(f"  {method:9s} {name:16s} {seconds:9.2f} s wall {cpu:9.2f} s cpu", flush=True)
+    # rounds: every implementation once per round, best of the rounds kept, so a machine that drifts in speed
+    # affects all implementations alike
+    for _ in range(args.repeats):
+        for method in args.methods:
+            for name, fn in impls[method].items():
+                out, seconds, cpu, peak = timed(fn, device)
+                print(f"  {method:9s} {name:16s} {seconds:9.2f} s wall {cpu:9.2f} s cpu", flush=True)
+                clock = {"wall": seconds, "cpu": cpu}[args.clock]
+                if (method, name) not in results or clock < results[method, name][args.clock]:
+                    peak = peaks.get((method, name), peak)
+                    results[method, name] = dict(ig=np.stack(out), wall=seconds, cpu=cpu, peak=peak)
 
     rows = []
     for method in args.methods:
