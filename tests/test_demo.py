@@ -53,7 +53,8 @@ def test_builder_ids_stable_for_a_seed(tmp_path):
     again = build_demo_corpus(7, seed=3, categories=categories)
     other = build_demo_corpus(7, seed=4, categories=categories)
     assert first == again
-    assert [r["id"] for r in first] != [r["id"] for r in other]
+    assert first != other  # another seed draws other records (ids alone repeat when only "math" is installed)
+    assert [r["prompt"] for r in first] != [r["prompt"] for r in other]
     assert all(set(r) == FIELDS for r in first)
     assert {r["category"] for r in first} == set(categories)
     path = write_jsonl(first, tmp_path / "c.jsonl.gz")
