@@ -48,7 +48,10 @@ def model_n_layers(path: str) -> int:
 
 def model_slice(config: dict) -> dict:
     m = config["model"]
-    return {k: m.get(k) for k in ("path", "adapter", "dtype", "mask_token_id", "attn_implementation")}
+    out = {k: m.get(k) for k in ("path", "adapter", "dtype", "mask_token_id", "attn_implementation")}
+    if m.get("autocast"):  # only when set, so configs without it keep their artifact keys
+        out["autocast"] = m["autocast"]
+    return out
 
 
 def data_slice(config: dict, seed: int) -> dict:

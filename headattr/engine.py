@@ -33,17 +33,24 @@ from .prefix import LayerStack
 MAX_AUTO_ROWS = 256
 
 
+CPU_BUDGET_CAP = 2 << 30
+
+
 def default_memory_budget(device: torch.device) -> int:
-    """Activation bytes per pass when none is given: 80% of free CUDA memory, else 25% of available RAM (<= 8 GiB)."""
+    """Activation bytes per pass when none is given: 80% of free CUDA memory, else 25% of physical RAM (<= 2 GiB).
+
+    On CPU the budget depends only on the machine (not on what is free right now), so rows per pass, and with
+    them the bits of every result, are the same from run to run.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(0.8 * (free + reusable))
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        available = 8 << 30
-    return int(min(0.25 * available, 8 << 30))
+        physical = 4 * CPU_BUDGET_CAP
+    return int(min(0.25 * physical, CPU_BUDGET_CAP))
 
 
 class GateEngine:
@@ -286,6 +293,20 @@ class GateEngine:
             acc = rows64.index_add(0, sel_rows.to(self.device), hits)
             acc = (acc / torch.tensor(n, dtype=torch.float64, device=self.device)).cpu()
         return loss64.cpu(), (grads.float().cpu() if grad else None), acc
+
+
+AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def engine_for(adapter: Adapter, model_cfg: dict, engine_cfg: dict) -> GateEngine:
+    """The workflow's engine: ``engine_cfg`` {rows_per_pass, memory_budget_gib}, ``model_cfg['autocast']``."""
+    budget = engine_cfg.get("memory_budget_gib")
+    return GateEngine(
+        adapter,
+        rows_per_pass=engine_cfg.get("rows_per_pass"),
+        autocast_dtype=AUTOCAST_DTYPES[model_cfg.get("autocast")],
+        memory_budget=None if budget is None else int(budget * 2**30),
+    )
 
 
 def _accepts(fn, name: str) -> bool:

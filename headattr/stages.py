@@ -18,7 +18,7 @@ from .data.samples import pack_samples, unpack_samples
 from .data.sources import read_table, sample_records, to_records
 from .data.tokenize import tokenize_records
 from .dumps import atomic_write, load_dump, load_npz, save_npz
-from .engine import GateEngine
+from .engine import engine_for
 from .errors import ConfigError, DataError
 from .objective.masking import draw_masks, pack_masks, unpack_masks
 
@@ -127,7 +127,7 @@ def attribute(
     masks_path,
     model_cfg: dict,
     settings: dict,
-    rows_per_pass: int,
+    engine_cfg: dict,
     out,
     checkpoint_dir=None,
     meta: dict | None = None,
@@ -162,7 +162,7 @@ def attribute(
             rule=run_settings.rule,
         )
         print(format_estimate(est), flush=True)
-    engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
+    engine = engine_for(adapter, model_cfg, engine_cfg)
     arrays, full_meta = run_attribution(
         engine,
         samples,
@@ -206,7 +206,7 @@ def validate_pruning(
     model_cfg: dict,
     objective: dict,
     cfg: dict,
-    rows_per_pass: int,
+    engine_cfg: dict,
     curves_out,
     summary_out,
 ) -> dict:
@@ -231,7 +231,7 @@ def validate_pruning(
         )
         for s in samples
     ]
-    engine = GateEngine(adapter, rows_per_pass=rows_per_pass)
+    engine = engine_for(adapter, model_cfg, engine_cfg)
     seeds = list(range(cfg["random_orders"]))
     curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds)
     if cfg["iterative"]:

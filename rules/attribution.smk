@@ -24,7 +24,7 @@ rule attribute:
         slice=lambda wc: unit_for("ig", wc.key).slices["ig"],
         settings=ig_settings,
         model=model_settings(),
-        rows_per_pass=config["ig"]["rows_per_pass"],
+        engine=engine_settings(),
         checkpoint_dir=lambda wc: f"{RESULTS}/ig/{wc.key}/partial/{wc.shard}",
     script:
         "../scripts/attribute.py"

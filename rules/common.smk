@@ -55,6 +55,11 @@ def model_settings():
     return dict(config["model"])
 
 
+def engine_settings():
+    """Rows per forward pass and the memory budget that chooses them (knobs that leave results unchanged)."""
+    return {k: config["ig"][k] for k in ("rows_per_pass", "memory_budget_gib")}
+
+
 def model_inputs():
     """Files of a local model directory, so that replacing the checkpoint reruns what depends on it."""
     path = Path(config["model"]["path"])

@@ -28,6 +28,6 @@ rule validate_pruning:
         model=model_settings(),
         objective=config["objective"],
         cfg=config["validation"],
-        rows_per_pass=config["ig"]["rows_per_pass"],
+        engine=engine_settings(),
     script:
         "../scripts/validate_pruning.py"

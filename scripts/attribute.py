@@ -19,7 +19,7 @@ info = stages.attribute(
     sm.input.masks,
     sm.params.model,
     sm.params.settings,
-    sm.params.rows_per_pass,
+    sm.params.engine,
     sm.output.shard,
     checkpoint_dir=sm.params.checkpoint_dir,
     meta={"params": sm.params.slice},

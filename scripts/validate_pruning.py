@@ -19,7 +19,7 @@ print(
         sm.params.model,
         sm.params.objective,
         sm.params.cfg,
-        sm.params.rows_per_pass,
+        sm.params.engine,
         sm.output.curves,
         sm.output.summary,
     )

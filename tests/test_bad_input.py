@@ -58,6 +58,8 @@ CONFIG_CASES = {
     "results_dir_escapes": ({"results_dir": "../elsewhere"}, "results_dir"),
     "lambdas_without_layered": ({"ig__lambdas": [0.0, 0.5, 1.0]}, "ig.lambdas"),
     "layer_shards_need_local_model": ({"shard__layers": 1, "model__path": "org/model"}, "shard.layers"),
+    "unknown_autocast_dtype": ({"model__autocast": "float8"}, "autocast"),
+    "memory_budget_not_positive": ({"ig__memory_budget_gib": 0}, "memory_budget_gib"),
 }
 
 

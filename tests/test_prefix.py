@@ -226,3 +226,26 @@ def test_unverifiable_attention_is_recomputed_not_replayed():
     assert engine._prefix[2] == {}
     engine.close()
     _assert_same(_ig(adapter, scored, True), _ig(adapter, scored, False), 1e-6)
+
+
+def test_cpu_default_budget_depends_on_the_machine_only():
+    from headattr.engine import CPU_BUDGET_CAP, default_memory_budget
+
+    budgets = {default_memory_budget(torch.device("cpu")) for _ in range(3)}
+    assert len(budgets) == 1 and 0 < budgets.pop() <= CPU_BUDGET_CAP
+
+
+def test_workflow_engine_settings():
+    from headattr.config import model_slice
+    from headattr.engine import engine_for
+
+    adapter = Adapter(tiny_llama(), mask_token_id=4)
+    engine = engine_for(adapter, {"autocast": "bfloat16"}, {"rows_per_pass": None, "memory_budget_gib": 0.5})
+    assert (engine.rows_per_pass, engine.memory_budget, engine.autocast_dtype) == (None, 2**29, torch.bfloat16)
+    engine.close()
+    engine = engine_for(adapter, {"autocast": None}, {"rows_per_pass": 3, "memory_budget_gib": None})
+    assert (engine.rows_per_pass, engine.memory_budget, engine.autocast_dtype) == (3, None, None)
+    engine.close()
+    model = {"path": "m", "adapter": None, "dtype": "float32", "mask_token_id": None, "attn_implementation": None}
+    assert "autocast" not in model_slice({"model": {**model, "autocast": None}})
+    assert model_slice({"model": {**model, "autocast": "bfloat16"}})["autocast"] == "bfloat16"
