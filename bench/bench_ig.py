@@ -59,6 +59,16 @@ SIZES = {
     "8b": dict(kind="llama", layers=32, heads=32, hidden=4096, intermediate=11008, vocab=126464, seq_len=2048),
 }
 MASK_ID = {"bert": 103, "llama": 126336}
+# dense bf16 tensor-core peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def bf16_peak(device: torch.device) -> float | None:
+    """The device's dense bf16 peak FLOP/s when known (model FLOP utilisation is reported against it)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
 
 
 def build_model(size: str, device: torch.device, dtype: torch.dtype):
@@ -324,6 +334,7 @@ def main(argv=None) -> int:
         default="wall",
         help="clock for the ratios: wall, or process CPU time (steadier on a shared machine with --threads 1)",
     )
+    parser.add_argument("--peak-tflops", type=float, help="bf16 peak for the MFU column (default: by GPU name)")
     parser.add_argument("--rtol", type=float, help="agreement tolerance relative to max |IG| (1e-5; 3e-2 for bf16)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
@@ -459,20 +470,24 @@ def main(argv=None) -> int:
         if device.type == "cuda"
         else "peak tensor bytes above the start from torch profiler allocation events, in an untimed pass"
     )
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else bf16_peak(device)
     header = (
         f"{'size':7s} {'method':9s} {'impl':16s} {'wall s':>8s} {'cpu s':>8s} {'x plain':>8s} {'x captum':>8s} "
-        f"{'peak MiB':>9s} {'GFLOP':>9s} {'GFLOP/s':>8s} {'max|dIG|/max|IG|':>17s}"
+        f"{'peak MiB':>9s} {'GFLOP':>9s} {'GFLOP/s':>8s} {'MFU %':>6s} {'max|dIG|/max|IG|':>17s}"
     )
+    mfu_note = f"MFU = FLOP/s / {peak / 1e12:g} TFLOP/s bf16 peak" if peak else "MFU: no known peak for this device"
     print(
         f"\nspeed-ups and GFLOP/s use {args.clock} time: time(plain or captum) / time(impl); peak memory: {mem_note}; "
-        f"agreement: max |IG - IG_ref| / max |IG_ref| <= {rtol:g}, reference = plain loop (else Captum)"
+        f"{mfu_note}; agreement: max |IG - IG_ref| / max |IG_ref| <= {rtol:g}, reference = plain loop (else Captum)"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
+        mfu = f"{100 * r['gflops'] * 1e9 / peak:6.1f}" if peak else "     -"
         print(
             f"{r['size']:7s} {r['method']:9s} {r['impl']:16s} {r['seconds']:8.2f} {r['cpu']:8.2f} {r['vs_plain']:8.2f} "
             f"{r['vs_captum']:8.2f} {r['peak_mib']:9.0f} {r['gflop']:9.1f} {r['gflops']:8.1f} "
+            f"{mfu} "
             f"{r['diff']:13.2e} {'ok' if r['ok'] else 'DIFF'}"
         )
     return 0 if all(r["ok"] for r in rows) else 1
