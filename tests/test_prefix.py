@@ -71,6 +71,8 @@ def test_model_is_restored_exactly(family):
     _ig(adapter, _scored(adapter), True)
     assert stack.parent._modules[stack.name] is layers
     assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in layers)
+    assert all(site.attr not in vars(site.owner) for site in stack.sites)  # no patched attention left
+    assert all(not p._forward_pre_hooks and not p._forward_hooks for p in adapter.out_projs)
     after = model(input_ids=ids)[0] if family in ("llada", "dream") else model(input_ids=ids).logits
     assert torch.equal(before, after)
     assert list(dict(model.named_modules())) == list(dict(FAMILY_BUILDERS[family]().named_modules()))
