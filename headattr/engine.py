@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,15 @@ from .objective.loss import ScoredInput
 from .prefix import LayerStack
 
 MAX_AUTO_ROWS = 256
-
-
 CPU_BUDGET_CAP = 2 << 30
+
+
+class _Prefix(NamedTuple):
+    """What one all-on pass over a sample cached: hidden states entering layers, and replayable attention."""
+
+    scored: ScoredInput
+    hidden: dict[int, torch.Tensor]
+    attention: dict[int, tuple]  # layer -> (ReplayForm, z)
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -92,7 +99,7 @@ class GateEngine:
         self.attention_cache = bool(attention_cache) and self.prefix_cache
         self.memory_budget = memory_budget
         self._stack = LayerStack(adapter) if self.prefix_cache else None
-        self._prefix: tuple[ScoredInput, dict[int, torch.Tensor], dict[int, tuple]] | None = None
+        self._prefix: _Prefix | None = None
         self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
         try:
             self._dims = dims_from_model(self.model)
@@ -228,13 +235,12 @@ class GateEngine:
         """Cache the hidden states entering ``layers`` (and their attention, with ``attention_cache``) for every
         mask probability of ``scored`` (all gates on)."""
         wanted = {x for x in layers if x > 0}
-        if self._prefix is not None and self._prefix[0] is scored and wanted <= self._prefix[1].keys():
+        if self._prefix is not None and self._prefix.scored is scored and wanted <= self._prefix.hidden.keys():
             return
         self._prefix = None
         ids = scored.input_ids.to(self.device)
         cache: dict[int, list[torch.Tensor]] = {x: [] for x in wanted}
-        z_cache: dict[int, list[torch.Tensor]] = {}
-        forms = {}
+        z_parts: dict[int, list[tuple]] = {}
         chunk = self.rows_for(scored, max(wanted) + 1, False)
         for lo in range(0, ids.shape[0], chunk):
             inputs = {**self.adapter.model_inputs(ids[lo : lo + chunk]), **self._extra_inputs}
@@ -244,11 +250,11 @@ class GateEngine:
                 )
             for x, hidden in part.items():
                 cache[x].append(hidden)
-            for x, (form, z) in replays.items():
-                forms.setdefault(x, form)
-                z_cache.setdefault(x, []).append(z)
-        z_full = {x: (forms[x], torch.cat(parts)) for x, parts in z_cache.items() if len(parts) == len(cache[x])}
-        self._prefix = (scored, {x: torch.cat(parts) for x, parts in cache.items()}, z_full)
+            for x, form_z in replays.items():
+                z_parts.setdefault(x, []).append(form_z)
+        complete = {x: parts for x, parts in z_parts.items() if len(parts) == len(cache[x])}  # replayed in every chunk
+        attention = {x: (parts[0][0], torch.cat([z for _, z in parts])) for x, parts in complete.items()}
+        self._prefix = _Prefix(scored, {x: torch.cat(parts) for x, parts in cache.items()}, attention)
 
     def _chunk(self, scored: ScoredInput, row_p, gates: torch.Tensor, grad: bool, layer: int = 0, accuracy=False):
         n = [scored.targets[i].numel() for i in row_p.tolist()]
@@ -263,16 +269,16 @@ class GateEngine:
         self._selected = False
         suffix, replay = nullcontext(), None
         if layer > 0:
-            cached = self._prefix[1][layer]
-            if layer in self._prefix[2]:
-                form, z = self._prefix[2][layer]
+            cached = self._prefix.hidden[layer]
+            if layer in self._prefix.attention:
+                form, z = self._prefix.attention[layer]
                 replay = (form, lambda: z[row_p.to(z.device)])
             suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)], replay)
         try:
             with torch.set_grad_enabled(grad), self._autocast(), suffix as calls:
                 out = self.model(**self.adapter.model_inputs(ids), **self._extra_inputs)
-                expected = [layer] + (["attention"] if replay else [])
-                if layer > 0 and sorted(calls, key=str) != sorted(expected, key=str):
+                expected = [layer] + (["attention"] if replay else [])  # layer l's pre-hook fires before its attention
+                if layer > 0 and calls != expected:
                     raise RuntimeError(f"prefix cache: layer {layer} ran as {calls} in a suffix pass, not {expected}")
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 logits = logits.reshape(-1, logits.shape[-1]) if self._selected else logits[self._selection]

@@ -155,17 +155,13 @@ class LayerStack:
         seen: dict[str, object] = {}
 
         def proj_pre(module, args):
-            z = args[0]
-            if "slot" in seen and seen.get("z") is None:  # the callable returned before the projection ran
-                form = seen["form"]
+            returned_first = "slot" in seen and "z" not in seen  # the callable returned before the projection ran
+            z = seen["z"] = args[0]
+            if returned_first:
                 if seen["slot"] is z:
-                    replays[index] = (ReplayForm("z", form), z.detach())
-                seen["z"] = z
+                    replays[index] = (ReplayForm("z", seen["form"]), z.detach())
                 if stop:
                     raise _Stop
-                return None
-            seen["z"] = z
-            return None
 
         def proj_post(module, args, out):
             seen["proj_out"] = out
