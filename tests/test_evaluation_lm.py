@@ -276,3 +276,49 @@ def test_pruning_model_args_build_the_keep_mask(tmp_path):
     np.testing.assert_array_equal(lm.keep_mask, expected)
     rand = HeadAttrLM(model=model, tokenizer=tok, prune_order="random", prune_fraction=0.25, prune_seed=3)
     assert (~rand.keep_mask).sum() == 3
+
+
+class DreamWithGenerate(type(dream_standin())):
+    """Dream stand-in whose 'remote code' ships ``diffusion_generate``: it records its arguments and the logits of
+    one forward pass over prompt + masks, and fills every new position with their argmax."""
+
+    def diffusion_generate(self, inputs, attention_mask=None, max_new_tokens=0, steps=0, **kwargs):
+        x = torch.cat([inputs, torch.full((inputs.shape[0], max_new_tokens), MASK_ID)], dim=1)
+        logits = self(x)[0]
+        self.calls.append(({"max_new_tokens": max_new_tokens, "steps": steps, **kwargs}, logits))
+        x[:, inputs.shape[1] :] = logits.argmax(-1)[:, inputs.shape[1] - 1 : -1]  # shifted logits
+        return type("Out", (), {"sequences": x})()
+
+
+def test_dream_generation_uses_the_checkpoints_diffusion_generate_under_the_keep_mask():
+    torch.manual_seed(0)
+    model, tok = DreamWithGenerate().eval(), make_tokenizer()
+    zeroed = _zeroed(model, KEEP)
+    model.calls, zeroed.calls = [], []
+    settings = dict(tokenizer=tok, mask_token_id=MASK_ID, gen_length=3, steps=3, disable_tqdm=True)
+    lm = HeadAttrLM(model=model, **settings)
+    lm.set_keep_mask(KEEP)
+    req = [Instance("generate_until", {}, ("w1 w2 w3", {}), 0)]
+    out = lm.generate_until(req)
+    assert model.calls[0][0] == {"max_new_tokens": 3, "steps": 3, "temperature": 0.0, "alg": "entropy",
+                                 "output_history": False, "return_dict_in_generate": True}  # fmt: skip
+    assert out == HeadAttrLM(model=zeroed, **settings).generate_until(req)
+    torch.testing.assert_close(model.calls[0][1], zeroed.calls[0][1], rtol=0, atol=1e-5)
+    lm.set_keep_mask(None)
+    lm.generate_until(req)
+    assert (model.calls[1][1] - model.calls[0][1]).abs().max() > 1e-3  # the gates were on in the first call
+    HeadAttrLM(model=model, dream_generate="false", **settings).generate_until(req)
+    assert len(model.calls) == 2  # the sampler ran instead
+    with pytest.raises(ConfigError, match="dream_generate"):
+        HeadAttrLM(model=dream_standin(), dream_generate="true", **settings).generate_until(req)
+
+
+@pytest.mark.parametrize("objective", ["causal", "diffusion"])
+def test_rolling_loglikelihood_of_a_one_window_text_is_its_loglikelihood_after_the_prefix(objective):
+    model, tok = (tiny_gpt2(), plain_tokenizer()) if objective == "causal" else (tiny_bert(), make_tokenizer())
+    lm = HeadAttrLM(model=model, tokenizer=tok, mc_num=8, disable_tqdm=True)
+    text = "w5 w6 w7 w8"
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])[0]
+    ids = lm.tok_encode(text, add_special_tokens=False)
+    direct = lm._loglikelihood_tokens([(None, [lm.prefix_token_id], ids)])[0][0]
+    assert rolling == pytest.approx(direct, abs=1e-9)  # (several windows: see the comparison with lm-eval's hf)
