@@ -437,9 +437,17 @@ class HeadAttrLM(TemplateLM):
             raise ConfigError("dream_generate: true, but the model has no diffusion_generate method")
         return has and self.dream_generate != "false"
 
-    def _generate_ids(self, prompt: torch.Tensor, max_new: int) -> torch.Tensor:
-        """[batch, P] prompts of one length -> [batch, P + new] ids under the keep-mask."""
+    def _generate_ids(self, prompt: torch.Tensor, max_new: int, until: tuple[str, ...] = ()) -> torch.Tensor:
+        """[batch, P] prompts of one length -> [batch, P + new] ids under the keep-mask (causal: stops early at
+        ``until``; the text is cut there afterwards in any case)."""
         if self.objective == "causal":
+            stops = {}
+            if until:  # lm-eval's own criterion for its hf model: stop once every row has produced a stop sequence
+                from lm_eval.models.utils_hf import stop_sequences_criteria
+
+                stops["stopping_criteria"] = stop_sequences_criteria(
+                    self.tokenizer, list(until), prompt.shape[1], prompt.shape[0]
+                )
             with torch.no_grad(), gated(self.adapter, self._keep), self._autocast():
                 return self.model.generate(
                     prompt,
@@ -447,6 +455,7 @@ class HeadAttrLM(TemplateLM):
                     max_new_tokens=max_new,
                     do_sample=False,
                     pad_token_id=self.eot_token_id,
+                    **stops,
                 )
         gen_length = self.gen_length or max_new
         block_length = self.block_length or gen_length
@@ -481,16 +490,16 @@ class HeadAttrLM(TemplateLM):
             ids = self.tok_encode(context)[-max(1, self.max_length - new) :]
             prepared.append((ids, until, max_new))
         groups = defaultdict(list)
-        for i, (ids, _, max_new) in enumerate(prepared):
-            groups[(len(ids), max_new)].append(i)
+        for i, (ids, until, max_new) in enumerate(prepared):
+            groups[(len(ids), max_new, tuple(until))].append(i)
         out: list = [None] * len(prepared)
         stop_ids = [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id]
         bar = tqdm(total=len(prepared), desc="headattr generate_until", disable=disable_tqdm or self.disable_tqdm)
-        for (plen, max_new), idx in groups.items():
+        for (plen, max_new, until), idx in groups.items():
             for lo in range(0, len(idx), self.batch_size):
                 chunk = idx[lo : lo + self.batch_size]
                 prompt = torch.as_tensor([prepared[i][0] for i in chunk], dtype=torch.long, device=self._device)
-                generated = self._generate_ids(prompt, max_new)[:, plen:]
+                generated = self._generate_ids(prompt, max_new, until)[:, plen:]
                 for row, i in enumerate(chunk):
                     text = self.tok_decode(cut_at_token(generated[row].tolist(), stop_ids))
                     out[i] = cut_at_stops(text, prepared[i][1])
