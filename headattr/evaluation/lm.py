@@ -324,6 +324,9 @@ class HeadAttrLM(TemplateLM):
 
     # ----- log-likelihoods -------------------------------------------------------------------------------------
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or self.disable_tqdm)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """(log p, is_greedy) of each (args, context ids, continuation ids)."""
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
