@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 
 from ..objective.loss import ScoredInput
@@ -113,10 +112,3 @@ def causal_scored_input(request_id: str, rows: list[tuple[list[int], list[int]]]
 def causal_input_length(context: list[int], continuation: list[int], max_length: int) -> int:
     """Length of the model input :func:`causal_scored_input` builds for one (context, continuation)."""
     return min(len(context) + len(continuation), max_length + 1) - 1
-
-
-def mean_and_se(values: np.ndarray) -> tuple[float, float]:
-    """Mean and its standard error (0 for a single value)."""
-    values = np.asarray(values, dtype=np.float64)
-    se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
-    return float(values.mean()), se
