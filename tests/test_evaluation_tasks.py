@@ -15,6 +15,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from headattr.evaluation.lm import HeadAttrLM  # noqa: E402
+from headattr.evaluation.results import TASK_COLUMNS, tidy_results  # noqa: E402
 
 CLI_ARGS = "mc_num=4,disable_tqdm=true"  # lm-eval's CLI passes --device (default cuda:0) and --batch_size itself
 MODEL_ARGS = f"device=cpu,{CLI_ARGS}"
@@ -75,9 +76,16 @@ def test_simple_evaluate_computes_metrics_from_the_headattr_model(project, monke
         model_args=f"pretrained={project / 'model'},{MODEL_ARGS}",
         tasks=["tiny_mc", "tiny_gen"],
         task_manager=TaskManager(include_path=str(project / "tasks"), include_defaults=False),
-    )["results"]
-    assert results["tiny_mc"]["acc,none"] == pytest.approx(4 / 6)
-    assert results["tiny_gen"]["exact_match,none"] == pytest.approx(3 / 6)
+    )
+    rows = {r["task"]: r for r in tidy_results(results, method="m", order="most", fraction=0.1)}
+    # acc 4/6 and em 3/6; stderr = sample standard deviation / sqrt(n), as lm-eval's mean_stderr
+    for task, hits in (("tiny_mc", [1, 1, 1, 1, 0, 0]), ("tiny_gen", [1, 1, 1, 0, 0, 0])):
+        expected = {"method": "m", "order": "most", "fraction": 0.1, "task": task, "n": 6}
+        assert {k: rows[task][k] for k in expected} == expected
+        assert rows[task]["value"] == pytest.approx(np.mean(hits))
+        assert rows[task]["stderr"] == pytest.approx(np.std(hits, ddof=1) / np.sqrt(6))
+    assert rows["tiny_mc"]["metric"] == "acc" and rows["tiny_gen"]["metric"] == "exact_match"
+    assert set(TASK_COLUMNS) <= set(rows["tiny_mc"])
 
 
 @pytest.mark.slow  # lm-eval's CLI indexes all of its ~10k built-in task files first (30 s on 2 cores)
