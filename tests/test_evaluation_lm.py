@@ -252,9 +252,20 @@ def test_bad_model_args_fail_naming_the_key(tmp_path):
         HeadAttrLM(model=model, tokenizer=tok, keep_mask=str(tmp_path / "k.npy"))
     with pytest.raises(ConfigError, match="mask_token_id"):
         HeadAttrLM(model=model, tokenizer=plain_tokenizer(), objective="diffusion")
-    lm = HeadAttrLM(model=model, tokenizer=tok, gen_length=4, block_length=3)
     with pytest.raises(ConfigError, match="block_length"):
-        lm.generate_until([Instance("generate_until", {}, ("w1", {}), 0)])
+        HeadAttrLM(model=model, tokenizer=tok, gen_length=4, block_length=3)
+    lm = HeadAttrLM(model=model, tokenizer=tok, block_length=3)  # gen_length from the request: checked there
+    with pytest.raises(ConfigError, match="block_length"):
+        lm.generate_until([Instance("generate_until", {}, ("w1", {"max_gen_toks": 4}), 0)])
+    # pruning arguments and files are checked before the model is loaded (the path below does not exist)
+    for bad, key in (
+        ({"prune_order": "top"}, "prune_order"),
+        ({"prune_order": "least", "prune_fraction": 2}, "prune_fraction"),
+        ({"importance": str(tmp_path / "none.npy"), "prune_order": "least", "prune_fraction": 0.1}, "importance"),
+        ({"prune_fraction": 0.1}, "prune_order"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            HeadAttrLM(pretrained=str(tmp_path / "no-model"), **bad)
 
 
 def test_pruning_model_args_build_the_keep_mask(tmp_path):

@@ -68,6 +68,26 @@ def _flag(value, key: str) -> bool:
     raise ConfigError(f"{key}: {value!r} is not a boolean")
 
 
+def _check_prune_args(path, importance, order, fraction, convention) -> None:
+    """The pruning model arguments, checked before any model is loaded (files exist, names and ranges valid)."""
+    if path is not None and (importance is not None or order is not None):
+        raise ConfigError("keep_mask: give either keep_mask or importance/prune_order, not both")
+    if order is None:
+        if importance is not None or fraction is not None:
+            raise ConfigError("prune_order: importance/prune_fraction need prune_order (most, least or random)")
+    elif order not in ORDERS:
+        raise ConfigError(f"prune_order: {order!r} is not one of {ORDERS}")
+    elif fraction is None or not 0.0 <= float(fraction) <= 1.0:
+        raise ConfigError(f"prune_fraction: {fraction!r} must be a number in [0, 1] with prune_order")
+    elif importance is None and order != "random":
+        raise ConfigError(f"importance: prune_order={order} needs an importance file")
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"prune_convention: {convention!r} is not one of {CONVENTIONS}")
+    for key, value in (("keep_mask", path), ("importance", importance)):
+        if value is not None and not Path(str(value)).exists():
+            raise ConfigError(f"{key}: {str(value)!r} does not exist")
+
+
 @register_model("headattr")
 class HeadAttrLM(TemplateLM):
     """lm-eval model over a headattr adapter.
@@ -143,6 +163,13 @@ class HeadAttrLM(TemplateLM):
         for key, value in (("mc_num", mc_num), ("gen_length", gen_length), ("block_length", block_length)):
             if value is not None and int(value) < 1:
                 raise ConfigError(f"{key}: {value} must be >= 1")
+        if gen_length is not None:
+            try:
+                check_schedule(int(gen_length), int(block_length or gen_length), int(steps or gen_length))
+            except ValueError as exc:
+                raise ConfigError(f"model_args {exc}") from exc
+        prune = (keep_mask, importance, prune_order, prune_fraction, prune_convention)
+        _check_prune_args(*prune)  # before the model is loaded
         if model is None:
             if not pretrained:
                 raise ConfigError("pretrained: give the model path (model_args pretrained=PATH)")
@@ -189,47 +216,23 @@ class HeadAttrLM(TemplateLM):
         self.steps = None if steps is None else int(steps)
         self.dream_generate = str(dream_generate).lower()
         self.dream_alg = dream_alg
-        self.add_bos_token = self._tokenizer_adds_bos() if add_bos_token is None else _flag(add_bos_token, "add_bos")
+        self.add_bos_token = (
+            self._tokenizer_adds_bos() if add_bos_token is None else _flag(add_bos_token, "add_bos_token")
+        )
         self.disable_tqdm = _flag(disable_tqdm, "disable_tqdm")
         self._keep: torch.Tensor | None = None
-        self.set_keep_mask(
-            self._keep_from_args(
-                keep_mask,
-                importance,
-                prune_order,
-                prune_fraction,
-                prune_convention,
-                int(prune_seed),
-                _flag(keep_at_least_one_head, "keep_at_least_one_head"),
-                layer_start,
-                layer_end,
-            )
-        )
+        at_least_one = _flag(keep_at_least_one_head, "keep_at_least_one_head")
+        self.set_keep_mask(self._keep_from_args(*prune, int(prune_seed), at_least_one, layer_start, layer_end))
 
     # ----- pruning ---------------------------------------------------------------------------------------------
 
     def _keep_from_args(self, path, importance, order, fraction, convention, seed, at_least_one, start, end):
-        if path is not None and (importance is not None or order is not None):
-            raise ConfigError("keep_mask: give either keep_mask or importance/prune_order, not both")
         if path is not None:
             return load_matrix(path, "keep_mask")
         if order is None:
-            if importance is not None or fraction is not None:
-                raise ConfigError("prune_order: importance/prune_fraction need prune_order (most, least or random)")
             return None
-        if order not in ORDERS:
-            raise ConfigError(f"prune_order: {order!r} is not one of {ORDERS}")
-        if convention not in CONVENTIONS:
-            raise ConfigError(f"prune_convention: {convention!r} is not one of {CONVENTIONS}")
-        if fraction is None:
-            raise ConfigError("prune_fraction: needed with prune_order")
         shape = (self.adapter.n_layers, self.adapter.n_heads)
-        if importance is None:
-            if order != "random":
-                raise ConfigError(f"importance: prune_order={order} needs an importance file")
-            scores = np.zeros(shape)
-        else:
-            scores = load_matrix(importance, "importance")
+        scores = np.zeros(shape) if importance is None else load_matrix(importance, "importance")
         lo = 0 if start is None else int(start)
         hi = shape[0] - 1 if end is None or int(end) < 0 else int(end)
         return keep_mask(scores, order, float(fraction), convention, seed, at_least_one, range(lo, hi + 1))
