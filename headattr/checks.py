@@ -72,13 +72,20 @@ def _normalise(name: str, prefix: str) -> str:
 def weight_mismatch(model, shapes: dict[str, list[int]]) -> str | None:
     """A description of missing / unexpected / mis-shaped weights of ``model`` against a checkpoint, or None."""
     prefix = getattr(model, "base_model_prefix", "")
-    expected = {_normalise(k, prefix): list(p.shape) for k, p in model.named_parameters()}
+    expected = {_normalise(k, prefix): list(p.shape) for k, p in model.named_parameters(remove_duplicate=False)}
+    groups: dict[int, list[str]] = {}  # tied parameters: one saved name is enough
+    for k, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(_normalise(k, prefix))
     buffers = {_normalise(k, prefix) for k, _ in model.named_buffers()}
     tied = {_normalise(k, prefix) for k in (getattr(model, "_tied_weights_keys", None) or [])}
     ignore = [HARMLESS_KEYS.pattern, *(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     ignore_missing = getattr(model, "_keys_to_ignore_on_load_missing", None) or []
     found = {_normalise(k, prefix): v for k, v in shapes.items()}
-    missing = [k for k in expected if k not in found and k not in tied and not any(re.search(p, k) for p in ignore_missing)]
+    missing = [
+        names[0]
+        for names in groups.values()
+        if not any(k in found or k in tied or any(re.search(p, k) for p in ignore_missing) for k in names)
+    ]
     unexpected = [k for k in found if k not in expected and k not in buffers and not any(re.search(p, k) for p in ignore)]
     shape = [f"{k} {found[k]} vs {v}" for k, v in expected.items() if k in found and found[k] != v]
     parts = []
