@@ -16,15 +16,27 @@ from pathlib import Path
 from .errors import ConfigError
 from .models.loading import HARMLESS_KEYS
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 CAUSAL_FAMILIES = ("llama", "gpt2")
-ABSOLUTE_POSITIONS = {"bert": ("max_position_embeddings",), "distilbert": ("max_position_embeddings",), "gpt2": ("n_positions", "max_position_embeddings")}
+ABSOLUTE_POSITIONS = ("bert", "distilbert", "gpt2")  # learned position tables: no position beyond them
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx")
 GGUF_RECIPE = (
-    "convert it once to a transformers folder (pip install gguf), then set model.path to that folder:\n"
+    "convert it once to a transformers folder and set model.path to that folder:\n  pip install gguf\n"
     "  python -c \"from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; d, f = 'DIR', 'FILE.gguf'; "
-    "M.from_pretrained(d, gguf_file=f).save_pretrained('converted'); T.from_pretrained(d, gguf_file=f).save_pretrained('converted')\""
+    "[c.from_pretrained(d, gguf_file=f).save_pretrained('converted') for c in (M, T)]\""
 )
 
 
@@ -86,7 +98,9 @@ def weight_mismatch(model, shapes: dict[str, list[int]]) -> str | None:
         for names in groups.values()
         if not any(k in found or k in tied or any(re.search(p, k) for p in ignore_missing) for k in names)
     ]
-    unexpected = [k for k in found if k not in expected and k not in buffers and not any(re.search(p, k) for p in ignore)]
+    unexpected = [
+        k for k in found if k not in expected and k not in buffers and not any(re.search(p, k) for p in ignore)
+    ]
     shape = [f"{k} {found[k]} vs {v}" for k, v in expected.items() if k in found and found[k] != v]
     parts = []
     if missing:
@@ -134,8 +148,12 @@ def check_model(config: dict, root: Path | str = ".") -> dict:
     local = path.exists()
     if local and path.is_file():
         if path.suffix == ".gguf":
-            raise ConfigError(f"model.path: {m['path']!r} is a GGUF file, which headattr does not load directly; " + GGUF_RECIPE)
-        raise ConfigError(f"model.path: {m['path']!r} is a file; it must be a checkpoint folder (config.json, weights, tokenizer)")
+            raise ConfigError(
+                f"model.path: {m['path']!r} is a GGUF file, which headattr does not load directly; " + GGUF_RECIPE
+            )
+        raise ConfigError(
+            f"model.path: {m['path']!r} is a file; it must be a checkpoint folder (config.json, weights, tokenizer)"
+        )
     if local:
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").is_file():
@@ -205,7 +223,7 @@ def check_model(config: dict, root: Path | str = ".") -> dict:
             f"data.max_len: {d['max_len']} is beyond the model's {limit} positions (config.{key}); "
             f"set data.max_len <= {limit}"
         )
-        if family in ABSOLUTE_POSITIONS or family == "bert":
+        if family in ABSOLUTE_POSITIONS:
             raise ConfigError(message)
         print(f"warning: {message} (rotary positions may extrapolate poorly)")
     if d["chat_template"] and getattr(tokenizer, "chat_template", None) is None:

@@ -53,7 +53,7 @@ def input_checksums(config: dict) -> dict:
 
     source = config["data"]["source"]
     path = demo_corpus_path() if source == "demo" else None if source.startswith("hf:") else Path(source)
-    cache = Path(config["results_dir"]) / ".cache" / "checksums.json"
+    cache = Path(".snakemake") / "headattr-checksums.json"
     return checksums(path, config["model"]["path"], cache)
 
 

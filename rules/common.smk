@@ -109,7 +109,8 @@ def get_final_output():
 
 def run_view():
     """Point results/<run> at the report of this config (a relative symlink), whether or not anything is
-    rebuilt; until that report exists the link dangles rather than show another config's report."""
+    rebuilt; until that report exists the link dangles rather than show another config's report.
+    """
     view = Path(RESULTS) / config["run"]
     target = Path("reports") / REPORT_KEY
     view.parent.mkdir(parents=True, exist_ok=True)

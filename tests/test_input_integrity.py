@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from helpers import make_tokenizer, text_records, tiny_bert, tiny_gpt2, write_tiny_project
 
@@ -103,7 +102,9 @@ def test_resume_never_reuses_a_sample_computed_from_other_content(tmp_path):
 
 
 def test_missing_response_is_an_error_naming_line_and_field(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "w1", "response": "w2"}, {"id": "b", "prompt": "w3"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"id": "a", "prompt": "w1", "response": "w2"}, {"id": "b", "prompt": "w3"}]
+    )
     with pytest.raises(DataError, match=r"line 2 \(id 'b'\) has no response field 'response' \(data.fields.response\)"):
         to_records(read_table(str(path)))
 
@@ -304,7 +305,9 @@ def test_no_weights(project):
 
 
 def test_mask_id_outside_the_vocabulary(project):
-    with pytest.raises(ConfigError, match=r"model.mask_token_id: mask id 99999 \(from model.mask_token_id\) is outside"):
+    with pytest.raises(
+        ConfigError, match=r"model.mask_token_id: mask id 99999 \(from model.mask_token_id\) is outside"
+    ):
         check_inputs(config_of(project, model__mask_token_id=99999), project)
 
 

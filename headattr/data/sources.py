@@ -121,6 +121,8 @@ def read_table(source: str, split: str = "train") -> list[tuple[str, dict]]:
                 rows = _frame_rows(pd.read_csv(resolved, dtype=str, keep_default_na=False))
         except pd.errors.EmptyDataError:
             rows = []
+        except DataError:
+            raise
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"data.source: cannot read {str(resolved)!r}: {exc}") from exc
     if not rows:

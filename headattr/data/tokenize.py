@@ -96,9 +96,7 @@ def encode_pair(tokenizer, head: str, response: str, split_special: bool = True)
         return [], encode(tokenizer, response, split_special), False
     if getattr(tokenizer, "is_fast", False):
         text, cut = head + response, len(head)
-        enc = tokenizer(
-            text, add_special_tokens=False, split_special_tokens=split_special, return_offsets_mapping=True
-        )
+        enc = tokenizer(text, add_special_tokens=False, split_special_tokens=split_special, return_offsets_mapping=True)
         sides = []
         for start, end in enc["offset_mapping"]:
             crosses = start < cut < end
