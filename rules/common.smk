@@ -14,7 +14,9 @@ from headattr.config import (
 )
 
 validate_config(config, Path.cwd())
-check_inputs(config, Path.cwd())
+# model and input checks, once in the main process (jobs that re-parse the Snakefile skip them)
+if workflow.is_main_process:
+    check_inputs(config, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
@@ -121,5 +123,5 @@ def run_view():
         tmp.replace(view)
 
 
-if workflow.is_main_process and not workflow.dryrun:
-    run_view()
+if workflow.is_main_process and workflow.executor_plugin and not workflow.dryrun:
+    run_view()  # a real run (not -n, --lint, --unlock), whether or not anything is rebuilt

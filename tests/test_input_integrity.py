@@ -246,6 +246,18 @@ def test_special_token_strings_in_data_stay_text():
     assert tok.mask_token_id in keep.input_ids[1:-1]
 
 
+def test_chat_template_keeps_its_specials_and_splits_the_users():
+    tok = make_tokenizer()
+    tok.chat_template = "{% for m in messages %}[CLS] {{ m['content'] }} [SEP]{% endfor %}"
+    record = {"id": "c", "prompt": "w1 [MASK]", "response": "w2 w3"}
+    (sample,), _ = tokenize_records([record], tok, 32, chat_template=True)
+    prompt = sample.input_ids[: sample.target_start].tolist()
+    assert prompt.count(tok.cls_token_id) == 2 and tok.sep_token_id in prompt  # wrapping + template
+    assert tok.mask_token_id not in prompt and tok.unk_token_id in prompt  # '[MASK]' is text: unknown words
+    with pytest.raises(ConfigError, match="data.chat_template: the tokenizer"):
+        tokenize_records([record], make_tokenizer(), 32, chat_template=True)
+
+
 # issue 11 item 6: keep_answer and max_samples as valid samples -------------------------------------------
 
 
