@@ -331,6 +331,12 @@ def test_mask_id_of_the_checkpoint_config_comes_before_the_tokenizer(project):
     assert (found["mask_token_id"], found["mask_token_from"]) == (7, "the checkpoint's config.json")
 
 
+def test_tokenizer_larger_than_the_embedding(project):
+    make_tokenizer([f"w{i}" for i in range(70)]).save_pretrained(project / "tiny-model")
+    with pytest.raises(ConfigError, match="has 75 tokens but the model's vocabulary .* is 64"):
+        check_inputs(config_of(project), project)
+
+
 def test_max_len_beyond_the_position_table(project):
     with pytest.raises(ConfigError, match=r"data.max_len: 256 is beyond the model's 80 positions"):
         check_inputs(config_of(project, data__max_len=256), project)
