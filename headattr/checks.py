@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 from .errors import ConfigError
-from .models.loading import HARMLESS_KEYS
+
+HARMLESS_KEYS = re.compile(r"(^|\.)(pooler|seq_relationship)\.|position_ids$|rotary_emb\.inv_freq$")
+"""Checkpoint tensors a masked or causal LM does not use (a base model's pooler, BERT's NSP head, buffers)."""
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -245,11 +247,41 @@ def check_model(config: dict, root: Path | str = ".") -> dict:
     return {"family": family, "vocab_size": vocab, "mask_token_id": mask_id, "mask_token_from": where}
 
 
-def check_inputs(config: dict, root: Path | str = ".") -> dict:
-    """Every check of the model and data source that needs files (the schema checks ran before)."""
+PASSED = Path(".snakemake") / "headattr-checks.json"
+
+
+def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PASSED) -> dict:
+    """Every check of the model and data source that needs files (the schema checks ran before).
+
+    A check that passed is remembered in ``passed`` under a hash of the settings it read and the content
+    checksums of the model and data, so later starts skip it (no transformers import) until one of them changes.
+    """
+    from .config import input_checksums, param_hash
     from .data.sources import resolve_source
 
     source = config["data"]["source"]
     if source != "demo" and not source.startswith("hf:"):
         resolve_source(str(Path(root) / source))
-    return check_model(config, root)
+    d, o = config["data"], config["objective"]
+    key = param_hash(
+        {
+            "model": config["model"],
+            "data": {k: d[k] for k in ("max_len", "chat_template")},
+            "objective": {k: o[k] for k in ("kind", "allow_mismatch")},
+            "checksums": input_checksums(config),
+        }
+    )
+    store = Path(root) / passed if passed is not None else None
+    done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
+    if key in done and input_checksums(config)["model"] is not None:
+        return done[key]
+    found = check_model(config, root)
+    if store is not None:
+        from .dumps import atomic_write
+
+        text = json.dumps({**done, key: found}, sort_keys=True)
+        try:
+            atomic_write(store, lambda tmp: Path(tmp).write_text(text))
+        except OSError:
+            pass  # only costs checking again next time
+    return found

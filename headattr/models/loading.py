@@ -7,11 +7,11 @@ unless the config turns it on; a checkpoint that needs it fails with an error th
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
+from ..checks import HARMLESS_KEYS
 from ..errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,9 +75,6 @@ def auto_class(config):
     if model_type in CAUSAL_LM_TYPES:
         return AutoModelForCausalLM
     return AutoModel
-
-
-HARMLESS_KEYS = re.compile(r"(^|\.)(pooler|seq_relationship)\.|position_ids$|rotary_emb\.inv_freq$")
 
 
 def check_loading_info(path: str, info: dict) -> None:
