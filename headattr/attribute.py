@@ -1,7 +1,9 @@
 """Run one IG attribution over many samples and produce the dump arrays (see :mod:`headattr.dumps`).
 
 With ``checkpoint_dir`` every finished sample is saved at once (atomically), and a rerun skips the samples
-already there, so a killed job loses at most the sample in flight.
+already there, so a killed job loses at most the sample in flight. A checkpoint is reused only when it was
+computed from the same content: token ids, target region, masks, settings and the caller's fingerprint of the
+model files (:func:`sample_digest`); anything else is recomputed.
 """
 
 from __future__ import annotations
@@ -110,6 +112,22 @@ def attribute_sample(engine: GateEngine, sample: Sample, masks, settings: Attrib
     return leave_one_out(engine, scored)
 
 
+def sample_digest(sample: Sample, masks, settings: AttributionSettings, fingerprint: str = "") -> str:
+    """What a per-sample checkpoint was computed from: ids, target region, masks, settings, model files."""
+    digest = hashlib.sha256()
+    for part in (
+        settings.digest(),
+        fingerprint,
+        sample.sample_id,
+        f"{sample.target_start}:{sample.target_end}",
+    ):
+        digest.update(part.encode() + b"\0")
+    digest.update(np.ascontiguousarray(sample.input_ids, dtype=np.int64).tobytes())
+    if masks is not None:
+        digest.update(np.ascontiguousarray(masks, dtype=bool).tobytes())
+    return digest.hexdigest()[:24]
+
+
 def run_attribution(
     engine: GateEngine,
     samples: list[Sample],
@@ -118,8 +136,9 @@ def run_attribution(
     meta: dict | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    fingerprint: str = "",
 ) -> tuple[dict, dict]:
-    """(arrays, meta) of the dump for ``samples`` in the given order."""
+    """(arrays, meta) of the dump for ``samples`` in the given order (``fingerprint``: of the model files)."""
     settings.validate()
     if masks is not None:
         missing = [s.sample_id for s in samples if s.sample_id not in masks]
@@ -130,21 +149,22 @@ def run_attribution(
     resumed = 0
     for i, sample in enumerate(_progress(samples, len(samples), f"IG {settings.method}", progress)):
         cached = ckpt / f"{i:06d}.npz" if ckpt else None
+        sample_masks = None if settings.objective == "causal" else masks[sample.sample_id]
+        digest = sample_digest(sample, sample_masks, settings, fingerprint)
         if cached is not None and cached.exists():
             arr = load_npz(cached)
-            if str(arr["sample_id"]) == sample.sample_id and str(arr["digest"]) == settings.digest():
+            if str(arr["sample_id"]) == sample.sample_id and str(arr["digest"]) == digest:
                 extras = {k[len("extra_") :]: arr[k] for k in arr if k.startswith("extra_")}
                 results.append(SampleAttribution(sample.sample_id, *(arr[k] for k in _FIELDS), extras=extras))
                 resumed += 1
                 continue
-        sample_masks = None if settings.objective == "causal" else masks[sample.sample_id]
         res = attribute_sample(engine, sample, sample_masks, settings)
         if cached is not None:
             save_npz(
                 cached,
                 {k: getattr(res, k) for k in _FIELDS}
                 | {f"extra_{k}": np.asarray(v) for k, v in res.extras.items()}
-                | {"sample_id": np.array(sample.sample_id), "digest": np.array(settings.digest())},
+                | {"sample_id": np.array(sample.sample_id), "digest": np.array(digest)},
             )
         results.append(res)
     if ckpt is not None:

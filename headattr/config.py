@@ -46,9 +46,21 @@ def model_n_layers(path: str) -> int:
     raise ConfigError(f"shard.layers: cannot read the number of layers from {config_file}")
 
 
+def input_checksums(config: dict) -> dict:
+    """Content checksums of the data source and model files (see :func:`headattr.workflow.input_checksums`)."""
+    from .data.sources import demo_corpus_path
+    from .workflow import input_checksums as checksums
+
+    source = config["data"]["source"]
+    path = demo_corpus_path() if source == "demo" else None if source.startswith("hf:") else Path(source)
+    cache = Path(".snakemake") / "headattr-checksums.json"
+    return checksums(path, config["model"]["path"], cache)
+
+
 def model_slice(config: dict) -> dict:
     m = config["model"]
     out = {k: m.get(k) for k in ("path", "adapter", "dtype", "mask_token_id", "attn_implementation")}
+    out["files_sha256"] = input_checksums(config)["model"]
     if m.get("autocast"):  # only when set, so configs without it keep their artifact keys
         out["autocast"] = m["autocast"]
     return out
@@ -62,7 +74,20 @@ def data_slice(config: dict, seed: int) -> dict:
         "max_samples": d["max_samples"],
         "stratify": d["stratify"],
         "data_seed": seed,
+        "on_bad_record": d["on_bad_record"],
+        "split": d["split"],
+        "source_sha256": input_checksums(config)["data"],
     }
+
+
+TOKENIZE_OPTIONS = (
+    "separator",
+    "split_special_tokens",
+    "min_answer_tokens",
+    "min_target_tokens",
+    "max_unk_fraction",
+    "on_bad_record",
+)
 
 
 IG_METHODS = ("per_layer", "joint", "layered")
@@ -103,6 +128,8 @@ def units(config: dict) -> list[Unit]:
             "max_len": d["max_len"],
             "length_policy": d["length_policy"],
             "chat_template": d["chat_template"],
+            "tokenizer_sha256": input_checksums(config)["tokenizer"],
+            "options": {k: d[k] for k in TOKENIZE_OPTIONS},
         }
         masks = {
             "tokens": tokens,
@@ -140,11 +167,11 @@ def heldout_units(config: dict) -> list[Unit]:
     by_seed = {u.seed: u for u in units(config)}
     out = []
     for seed, unit in by_seed.items():
-        data = {**unit.slices["data"], "heldout": val["n_samples"]}
-        tokens = {**unit.slices["tokens"], "data": data}
+        data = unit.slices["data"]
+        tokens = {**unit.slices["tokens"], "heldout": val["n_samples"]}
         masks = {**unit.slices["masks"], "tokens": tokens}
         keys = {
-            "data": stage_key(f"heldout-seed{seed}", data),
+            "data": unit.keys["data"],
             "tokens": stage_key(f"heldout-seed{seed}", tokens),
             "masks": stage_key(f"heldout-seed{seed}", masks),
         }
@@ -247,7 +274,7 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
         raise ConfigError(f"model.path: {model_path!r} does not exist")
     source = config["data"]["source"]
-    if source != "demo" and not source.startswith("hf:"):
+    if source != "demo" and not source.startswith("hf:") and not (root / source).is_dir():
         from .data.sources import FILE_SUFFIXES
 
         if not source.endswith(FILE_SUFFIXES):

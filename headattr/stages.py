@@ -15,8 +15,7 @@ import pandas as pd
 from .aggregate import aggregate, completeness_table
 from .attribute import AttributionSettings, run_attribution
 from .data.samples import pack_samples, unpack_samples
-from .data.sources import read_table, sample_records, to_records
-from .data.tokenize import tokenize_records
+from .data.sources import draw_order, read_table, to_records
 from .dumps import atomic_write, load_dump, load_npz, save_npz
 from .engine import engine_for
 from .errors import ConfigError, DataError
@@ -43,7 +42,8 @@ def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
 def load_adapter(model_cfg: dict):
     """(model, tokenizer, adapter) from the workflow's ``model`` settings.
 
-    The mask id comes from the config, else the model family, else the tokenizer."""
+    The mask id comes from model.mask_token_id, else the checkpoint's config, the tokenizer, the family."""
+    from .checks import resolve_mask_id
     from .models.adapters import Adapter
     from .models.loading import load_model
 
@@ -54,29 +54,49 @@ def load_adapter(model_cfg: dict):
         model_cfg["trust_remote_code"],
         model_cfg.get("attn_implementation"),
     )
-    mask_id = model_cfg.get("mask_token_id")
+    family, _ = model_family_and_shift(model_cfg)
+    mask_id, _ = resolve_mask_id(model_cfg, model.config, tokenizer, family)
     adapter = Adapter(model, model_cfg["adapter"], mask_token_id=mask_id)
-    if adapter.mask_token_id is None:
-        adapter.mask_token_id = getattr(tokenizer, "mask_token_id", None)
     return model, tokenizer, adapter
 
 
 def sample_data(
-    source: str, fields: dict, max_samples: int, stratify: bool, seed: int, out: str | Path, heldout: int = 0
+    source: str,
+    fields: dict,
+    max_samples: int,
+    stratify: bool,
+    seed: int,
+    out: str | Path,
+    on_bad_record: str = "error",
+    split: str = "train",
 ) -> dict:
-    """Read the source, draw the seeded subset, write it as jsonl (one normalised record per line).
+    """Read the source and write every record in the seeded draw order as jsonl (one normalised record a line).
 
-    With ``heldout`` > 0 the output is instead the ``heldout`` records drawn right after the first
-    ``max_samples`` of the same seeded draw: disjoint from the attribution samples (pruning validation).
+    The tokenize stage walks this order and keeps the first ``max_samples`` valid samples (then the held-out
+    ones), so a dropped record is replaced by the next of the same draw. Bad records (with
+    ``on_bad_record="skip"``) stay in the order, flagged ``skip``, so the walk counts them where they fall.
     """
-    records = sample_records(to_records(read_table(source), fields), max_samples + heldout, seed, stratify)
-    records = records[max_samples:] if heldout else records
-    if not records:
-        raise DataError(f"data.source: no records left for held-out validation after {max_samples} samples")
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    records = to_records(read_table(source, split), fields, on_bad_record)
+    order = draw_order(records, seed, stratify)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in order)
     atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    categories = sorted({r["category"] for r in records})
-    return {"n_records": len(records), "categories": categories}
+    skipped: dict[str, int] = {}
+    for rec in records:
+        if rec.get("skip"):
+            skipped[rec["skip"]] = skipped.get(rec["skip"], 0) + 1
+    return {
+        "n_records": len(records),
+        "n_usable": len(records) - sum(skipped.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "asked": max_samples,
+        "categories": sorted({r["category"] for r in records}),
+    }
+
+
+def read_records(path) -> list[dict]:
+    """The records written by :func:`sample_data`, in draw order."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def tokenize(
@@ -87,9 +107,21 @@ def tokenize(
     chat_template: bool,
     out,
     objective: str = "diffusion",
+    n: int | None = None,
+    heldout: int = 0,
+    stratify: bool = False,
+    options: dict | None = None,
 ) -> dict:
-    """Tokenize the sampled records with the model's tokenizer; write the packed samples."""
+    """Tokenize the drawn records with the model's tokenizer and write the packed samples.
+
+    The first ``n`` valid samples of the draw order (all when None), or with ``heldout`` the ``heldout``
+    valid samples after them (disjoint from the attribution samples). Fewer than ``n`` valid samples is an
+    error saying how many were found and why the rest were dropped; fewer held-out samples than asked are
+    recorded (``asked`` / ``n_kept``), none is an error.
+    """
     from transformers import AutoTokenizer
+
+    from .data.tokenize import TokenizeOptions, select_samples
 
     _, shift = model_family_and_shift(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
@@ -102,8 +134,27 @@ def tokenize(
             f"model.mask_token_id: the tokenizer of {model_cfg['path']!r} has no mask token and the model family "
             "has no known mask id; set model.mask_token_id (or use objective.kind: causal)"
         )
-    records = to_records(read_table(str(records_path)))
-    samples, report = tokenize_records(records, tokenizer, max_len, length_policy, chat_template, shift)
+    records = read_records(records_path)
+    opts = TokenizeOptions(**{k: v for k, v in (options or {}).items() if k in TokenizeOptions.__dataclass_fields__})
+    target = None if n is None else n + heldout
+    samples, report = select_samples(
+        records, tokenizer, max_len, length_policy, chat_template, shift, target, stratify, opts
+    )
+    if n is not None and len(samples) < n:
+        raise DataError(
+            f"data.max_samples: found only {len(samples)} valid samples of {n} asked in {len(records)} records "
+            f"(skipped: {report.as_dict()['skipped']}); lower data.max_samples, use another source, or change "
+            "data.max_len / data.length_policy / data.on_bad_record"
+        )
+    if heldout:
+        samples = samples[n:]
+        report.asked, report.n_kept = heldout, len(samples)
+        if not samples:
+            raise DataError(
+                f"validation.n_samples: no records left for held-out validation after the {n} attribution samples "
+                f"({len(records)} records, skipped: {report.as_dict()['skipped']}); lower data.max_samples or "
+                "validation.n_samples (or set validation.enabled: false)"
+            )
     save_npz(out, pack_samples(samples), {"tokenize": report.as_dict()})
     return report.as_dict()
 
@@ -170,6 +221,7 @@ def attribute(
         run_settings,
         {**(meta or {}), "shard": shard},
         checkpoint_dir=checkpoint_dir,
+        fingerprint=str(((meta or {}).get("params") or {}).get("model", {}).get("files_sha256") or ""),
     )
     save_npz(out, arrays, full_meta)
     return {

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from headattr.checks import check_inputs
 from headattr.config import (
     diagnostic_groups,
     heldout_units,
@@ -13,6 +14,9 @@ from headattr.config import (
 )
 
 validate_config(config, Path.cwd())
+# model and input checks, once in the main process (jobs that re-parse the Snakefile skip them)
+if workflow.is_main_process:
+    check_inputs(config, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
@@ -106,13 +110,18 @@ def get_final_output():
 
 
 def run_view():
-    """Point results/<run> at the current report (a relative symlink), after a successful run."""
+    """Point results/<run> at the report of this config (a relative symlink), whether or not anything is
+    rebuilt; until that report exists the link dangles rather than show another config's report.
+    """
     view = Path(RESULTS) / config["run"]
     target = Path("reports") / REPORT_KEY
-    if not (Path(RESULTS) / target).exists():
-        return
+    view.parent.mkdir(parents=True, exist_ok=True)
     if view.is_symlink() or not view.exists():
         tmp = view.with_name(f".{view.name}.tmp")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target, target_is_directory=True)
         tmp.replace(view)
+
+
+if workflow.is_main_process and workflow.executor_plugin and not workflow.dryrun:
+    run_view()  # a real run (not -n, --lint, --unlock), whether or not anything is rebuilt

@@ -14,7 +14,6 @@ rule sample_data:
         "../envs/engine.yaml"
     params:
         slice=lambda wc: unit_for("data", wc.key).slices["data"],
-        heldout=lambda wc: unit_for("data", wc.key).slices["data"].get("heldout", 0),
     script:
         "../scripts/sample_data.py"
 

@@ -1,4 +1,4 @@
-"""Rule sample_data: draw the seeded subset of records (or the held-out records after it)."""
+"""Rule sample_data: every record of the source in the seeded draw order (bad ones flagged or an error)."""
 
 from headattr.workflow import log_to, write_manifest
 
@@ -15,7 +15,11 @@ info = stages.sample_data(
     params["stratify"],
     params["data_seed"],
     sm.output.records,
-    heldout=sm.params.heldout,
+    on_bad_record=params["on_bad_record"],
+    split=params["split"],
 )
-print(f"sampled {info['n_records']} records from {params['source']} (categories {info['categories']})")
+print(
+    f"drew {info['n_records']} records from {params['source']} ({info['n_usable']} usable, skipped "
+    f"{info['skipped']}; categories {info['categories']})"
+)
 write_manifest(sm.output.manifest, params, sm.input, started, {"result": info})

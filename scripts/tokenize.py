@@ -1,4 +1,4 @@
-"""Rule tokenize: records -> token ids with the target region, under the max-length policy."""
+"""Rule tokenize: the first valid samples of the draw -> token ids with the target region."""
 
 from headattr.workflow import log_to, write_manifest
 
@@ -7,7 +7,7 @@ started = log_to(snakemake.log[0])  # noqa: F821
 from headattr import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
-data = sm.params.data
+data, params = sm.params.data, sm.params.slice
 report = stages.tokenize(
     sm.input.records,
     sm.params.model,
@@ -16,6 +16,10 @@ report = stages.tokenize(
     data["chat_template"],
     sm.output.tokens,
     objective=sm.params.objective,
+    n=params["data"]["max_samples"],
+    heldout=params.get("heldout", 0),
+    stratify=params["data"]["stratify"],
+    options=params["options"],
 )
 print(f"tokenized: {report}")
-write_manifest(sm.output.manifest, sm.params.slice, [sm.input.records], started, {"result": report})
+write_manifest(sm.output.manifest, params, [sm.input.records], started, {"result": report})

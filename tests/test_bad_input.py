@@ -81,8 +81,12 @@ def test_cuda_requested_but_absent(project):
 
 def test_unreadable_data_file(tmp_path):
     bad = tmp_path / "broken.jsonl"
-    bad.write_text('{"id": 1, "prompt": "a"\nnot json at all\n')
-    with pytest.raises(DataError, match="cannot read .*broken.jsonl"):
+    bad.write_text('{"id": 1, "prompt": "a"}\nnot json at all\n')
+    with pytest.raises(DataError, match="broken.jsonl' line 2 is not valid JSON"):
+        read_table(str(bad))
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not parquet")
+    with pytest.raises(DataError, match="cannot read .*broken.parquet"):
         read_table(str(bad))
 
 

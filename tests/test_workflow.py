@@ -57,7 +57,7 @@ def test_tiny_dry_run_plans_every_stage(tmp_path):
     write_tiny_project(tmp_path)
     jobs = planned_jobs(snakemake(tmp_path, "-n"))
     assert jobs == {
-        "sample_data": 4,
+        "sample_data": 2,
         "tokenize": 4,
         "draw_masks": 4,
         "attribute": 4,

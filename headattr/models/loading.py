@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import HARMLESS_KEYS
 from ..errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,6 +65,33 @@ def load_config(path: str, trust_remote_code: bool = False):
         raise ConfigError(f"model.path: cannot load a model config from {path!r}: {exc}") from exc
 
 
+def auto_class(config):
+    """The transformers auto class that builds the LM of ``config`` (LLaDA and Dream register under AutoModel)."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    model_type = str(getattr(config, "model_type", "")).lower()
+    if model_type in MASKED_LM_TYPES:
+        return AutoModelForMaskedLM
+    if model_type in CAUSAL_LM_TYPES:
+        return AutoModelForCausalLM
+    return AutoModel
+
+
+def check_loading_info(path: str, info: dict) -> None:
+    """Refuse weights that do not fit the model (transformers would initialise them at random and go on)."""
+    problems = {
+        kind: [k for k in info.get(kind, []) if not (kind == "unexpected_keys" and HARMLESS_KEYS.search(k))]
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        summary = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {list(v)[:3]})" for k, v in problems.items())
+        raise ConfigError(
+            f"model.path: the weights in {path!r} do not fit its config.json: {summary}; the config and weights "
+            "come from different models"
+        )
+
+
 def load_model(
     path: str,
     dtype: str = "float32",
@@ -72,7 +100,7 @@ def load_model(
     attn_implementation: str | None = None,
 ):
     """(model, tokenizer): the model in eval mode with every parameter frozen (only gates get gradients)."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
@@ -86,16 +114,11 @@ def load_model(
         raise ConfigError(
             f"model.path: {path!r} needs its own modeling code; set model.trust_remote_code: true to run it"
         )
-    if model_type in MASKED_LM_TYPES:
-        auto = AutoModelForMaskedLM
-    elif model_type in CAUSAL_LM_TYPES:
-        auto = AutoModelForCausalLM
-    else:
-        auto = AutoModel  # LLaDA and Dream register their LM classes under AutoModel
-    kwargs = {"torch_dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code, "output_loading_info": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = auto.from_pretrained(path, config=config, **kwargs)
+    model, info = auto_class(config).from_pretrained(path, config=config, **kwargs)
+    check_loading_info(path, info)
     model.to(dev).eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
