@@ -148,7 +148,7 @@ def reference_stp(model, adapter, sample, masks, probs, n_draws, thresholds, bas
             gates = now.float().clone().requires_grad_(True)
             loss = 0.0
             with gated(adapter, gates):
-                for v, mask in enumerate(masks):
+                for mask in masks:
                     noised = ids.clone()
                     noised[torch.as_tensor(mask)] = 4
                     logits = model(input_ids=noised[None]).logits[0]
@@ -266,7 +266,9 @@ def test_layer_range_gates_only_those_layers():
         table = aggregate(arrays | {"meta_json": np.array(__import__("json").dumps(meta))})
         assert sorted(table["layer"].unique()) == [1, 2]
     with pytest.raises(ConfigError, match="ig.layers"):
-        attribute_sample(engine, sample, masks[sample.sample_id], AttributionSettings(mask_probs=[0.5], layer_range=[1, 3]))
+        attribute_sample(
+            engine, sample, masks[sample.sample_id], AttributionSettings(mask_probs=[0.5], layer_range=[1, 3])
+        )
     engine.close()
 
 
@@ -348,3 +350,54 @@ def test_dump_of_stp_saves_and_loads(tmp_path):
     save_npz(tmp_path / "d.npz", arrays, meta)
     back = load_dump(tmp_path / "d.npz")
     assert back["gap"].shape == (1, 1, 3) and list(back["path_names"]) == ["P0", "P1", "P2"]
+
+
+STP_CONFIG_CASES = {
+    "path_samples_zero": ({"ig": {"path_samples": 0}}, "path_samples"),
+    "mask_samples_zero": ({"objective": {"mask_samples": 0}}, "mask_samples"),
+    "layers_out_of_range": ({"ig": {"layers": [1, N_LAYERS]}}, "ig.layers"),
+    "layers_reversed": ({"ig": {"layers": [2, 1]}}, "ig.layers"),
+    "layers_one_value": ({"ig": {"layers": [1]}}, "ig.layers"),
+    "layers_with_layer_shards": ({"ig": {"layers": [0, 1]}, "shard": {"layers": 1}}, "ig.layers"),
+    "unknown_stp_rule": ({"ig": {"stp_rule": "simpson"}}, "stp_rule"),
+    "unknown_postprocess": ({"report": {"postprocess": "square"}}, "postprocess"),
+    "loss_normalize_typo": ({"objective": {"weighting": "mean_masked"}}, "weighting"),
+    "missing_importance_file": ({"compare": {"importance_files": {"old": "nope.pt"}}}, "importance_files.old"),
+    "importance_file_not_tensors": ({"compare": {"importance_files": {"old": "lists.pt"}}}, "not a 1-D float"),
+    "importance_file_wrong_shape": ({"compare": {"importance_files": {"old": "wide.pt"}}}, "wide.pt: has [5] heads"),
+    "importance_name_clash": ({"compare": {"importance_files": {"stp": "ok.pt"}}}, "clash"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STP_CONFIG_CASES))
+def test_stp_config_errors_before_any_rule(tmp_path, case):
+    import yaml
+    from helpers import write_tiny_project
+
+    from headattr.config import validate_config
+
+    changes, message = STP_CONFIG_CASES[case]
+    write_tiny_project(tmp_path, methods=("stp", "stp_layer"), extra=changes)
+    torch.save({"importance_scores": {0: [0.1] * N_HEADS}}, tmp_path / "lists.pt")
+    torch.save({"importance_scores": {x: torch.zeros(N_HEADS + 1) for x in range(N_LAYERS)}}, tmp_path / "wide.pt")
+    torch.save({"importance_scores": {x: torch.zeros(N_HEADS) for x in range(N_LAYERS)}}, tmp_path / "ok.pt")
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, tmp_path)
+    assert message in str(info.value)
+
+
+def test_stp_config_keys_and_units(tmp_path):
+    import yaml
+    from helpers import write_tiny_project
+
+    from headattr.config import units, validate_config
+
+    write_tiny_project(tmp_path, methods=("stp", "per_layer"))
+    plain = validate_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), tmp_path)
+    write_tiny_project(tmp_path, methods=("stp", "per_layer"), extra={"ig": {"layers": [1, 2]}})
+    ranged = validate_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), tmp_path)
+    a, b = units(plain), units(ranged)
+    assert a[0].slices["ig"]["options"] == {"path_samples": 4, "path_seed": None, "stp_rule": "riemann_stieltjes"}
+    assert "layer_range" not in a[1].slices["ig"] and b[1].slices["ig"]["layer_range"] == [1, 2]
+    assert a[1].keys["masks"] == b[1].keys["masks"] and a[1].keys["ig"] != b[1].keys["ig"]

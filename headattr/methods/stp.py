@@ -139,7 +139,10 @@ def stp_paths(
     moving[list(range(n_layers)) if layers is None else list(layers)] = True
     start = torch.where(moving[:, None], baseline, 1.0).expand(path_samples, n_layers, n_heads).clone()
     u = np.stack(
-        [draw_thresholds(threshold_rng(path_seed, sample_id, i), n_layers * n_heads, levels) for i in range(path_samples)]
+        [
+            draw_thresholds(threshold_rng(path_seed, sample_id, i), n_layers * n_heads, levels)
+            for i in range(path_samples)
+        ]
     )
     threshold = torch.as_tensor(u).reshape(path_samples, n_layers, n_heads)
     names = [f"P{i}" for i in range(path_samples)]
