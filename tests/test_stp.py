@@ -401,3 +401,60 @@ def test_stp_config_keys_and_units(tmp_path):
     assert a[0].slices["ig"]["options"] == {"path_samples": 4, "path_seed": None, "stp_rule": "riemann_stieltjes"}
     assert "layer_range" not in a[1].slices["ig"] and b[1].slices["ig"]["layer_range"] == [1, 2]
     assert a[1].keys["masks"] == b[1].keys["masks"] and a[1].keys["ig"] != b[1].keys["ig"]
+
+
+def test_stp_layer_rows_start_at_their_layer_and_match_the_full_model():
+    adapter = Adapter(tiny_bert().double(), mask_token_id=4)
+    scored = _scored(adapter, _sample(), mask_samples=2)
+    paths = stp_layer_paths(N_LAYERS, N_HEADS, "s0", 0.0, 2, 3)
+    cached, full = GateEngine(adapter, rows_per_pass=5), GateEngine(adapter, rows_per_pass=5, prefix_cache=False)
+    starts = []
+    original = cached.gradients
+
+    def spy(scored, row_p, gates, describe=None, from_layer=None):
+        starts.append(sorted(set(from_layer.tolist())))
+        return original(scored, row_p, gates, describe, from_layer)
+
+    cached.gradients = spy
+    a = integrated_gradients(cached, scored, paths, "riemann_stieltjes", 3)
+    b = integrated_gradients(full, scored, paths, "riemann_stieltjes", 3)
+    cached.close(), full.close()
+    assert starts == [[0]] + [[q // 2] for q in range(paths.n_paths)]  # the all-on row, then each path's layer
+    np.testing.assert_allclose(a.ig, b.ig, atol=1e-10)
+    np.testing.assert_allclose(a.loss_base, b.loss_base, atol=1e-10)
+
+
+def test_imported_rankings_enter_the_method_comparison():
+    from headattr.diagnostics import method_diagnostics
+
+    arrays = {"stp": _toy_dump(4, 0), "joint": _toy_dump(4, 1)}
+    theirs = importance_matrix(arrays["stp"], "abs")
+    out = method_diagnostics(arrays, {"topk": [3, 5]}, {"theirs": theirs}, "abs")
+    row = out["comparison"].set_index(["method_a", "method_b"]).loc[("stp", "theirs")]
+    assert row["pearson"] == pytest.approx(1.0) and row["top3_overlap"] == 1.0
+    assert list(out["specificity"]["method"]) == ["stp", "joint"]
+
+
+def test_benchmark_stp_rows_agree(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_ig", Path(__file__).parents[1] / "bench" / "bench_ig.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = [
+        "--size",
+        "llama-smoke",
+        "--steps",
+        "2",
+        "--no-memory",
+        "--skip-captum",
+        "--captum-batch",
+        "4",
+        "--threads",
+        "1",
+    ]
+    assert bench.main([*argv, "--methods", "stp", "stp_layer", "--path-samples", "1"]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("llama-smoke")]
+    assert {(r[1], r[2]) for r in table} >= {("stp", "plain"), ("stp", "engine"), ("stp_layer", "engine-noprefix")}
+    assert all(r[-1] == "ok" for r in table)
