@@ -458,3 +458,19 @@ def test_benchmark_stp_rows_agree(capsys):
     table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("llama-smoke")]
     assert {(r[1], r[2]) for r in table} >= {("stp", "plain"), ("stp", "engine"), ("stp_layer", "engine-noprefix")}
     assert all(r[-1] == "ok" for r in table)
+
+
+def test_users_config_is_their_default_run():
+    from pathlib import Path
+
+    import yaml
+
+    from headattr.config import units, validate_config
+
+    root = Path(__file__).parents[1]
+    config = validate_config(yaml.safe_load((root / "configs" / "users-stp.yaml").read_text()), root)
+    stp = next(u for u in units(config) if u.method == "stp")
+    assert stp.slices["ig"]["options"] == {"path_samples": 4, "path_seed": None, "stp_rule": "riemann_stieltjes"}
+    assert stp.slices["ig"]["steps"] == 8 and stp.slices["ig"]["baseline"] == 0.0
+    assert stp.slices["masks"]["mask_probs"] == [0.15, 0.3, 0.5, 0.7, 0.9] and "mask_samples" not in stp.slices["masks"]
+    assert config["objective"]["weighting"] == "mean" and config["report"]["postprocess"] == "abs"
