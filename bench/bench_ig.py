@@ -11,6 +11,11 @@ Implementations (all give the same attributions; checked to ``--rtol`` of the la
   ``engine-noprefix``: prefix caching off;
 - ``plain``: what the users' scripts do: one row at a time (per mask probability, per layer, per step), full
   model forward and ``loss.backward()`` with parameter gradients ON and vocabulary logits at every position;
+- ``plain`` for ``stp`` / ``stp_layer`` (the users' ``compute_loss_attribution_all_heads.py``): per path and step
+  k = 1..K, gates alpha(t_k) on the Stochastic Threshold Path, one forward + backward per mask probability
+  (``--mask_batch_size 1``, their default), parameters frozen, full logits, mean gradient x (alpha(t_k) -
+  alpha(t_{k-1})); ``stp_layer`` runs that for one layer's gates at a time. No Captum row for STP (its rules
+  weight every input alike; STP needs a weight per gate and node);
 - ``captum``: ``captum.attr.IntegratedGradients`` (method ``riemann_right``, baseline 0, ``internal_batch_size``)
   over a gates -> loss function; per-layer IG is one Captum call per layer whose input is that layer's gates
   (one row per mask probability) with the other gates fixed at 1. Parameters frozen, full logits.
@@ -47,6 +52,7 @@ from headattr.data.samples import Sample  # noqa: E402
 from headattr.engine import GateEngine, default_memory_budget  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.paths import make_paths  # noqa: E402
+from headattr.methods.stp import stp_layer_paths, stp_paths  # noqa: E402
 from headattr.models.adapters import Adapter  # noqa: E402
 from headattr.models.gates import HeadGates  # noqa: E402
 from headattr.objective.loss import build_scored_input  # noqa: E402
@@ -209,6 +215,40 @@ def plain_loop(model, adapter, scored_list, method: str, steps: int, autocast, l
     return results
 
 
+def make_stp(adapter, scored, method: str, path_samples: int, layers=None):
+    """The STP paths of ``scored`` (path seed 0, baseline 0)."""
+    build = stp_paths if method == "stp" else stp_layer_paths
+    return build(adapter.n_layers, adapter.n_heads, scored.sample_id, 0.0, path_samples, 0, layers)
+
+
+def plain_stp(model, adapter, scored_list, method: str, steps: int, autocast, path_samples: int, layers=None):
+    """The users' all-heads script on STP paths: per path, step and mask probability one full forward + backward."""
+    n_layers, n_heads = adapter.n_layers, adapter.n_heads
+    device = next(model.parameters()).device
+    gates_hook = HeadGates(adapter)
+    results = []
+    try:
+        for scored in scored_list:
+            paths = make_stp(adapter, scored, method, path_samples, layers)
+            ig = np.zeros((n_layers, n_heads))
+            for q in range(paths.n_paths):
+                alpha = paths._alpha(np.arange(steps + 1) / steps)[:, q]  # [K + 1, L, H]
+                for k in range(1, steps + 1):
+                    gates = alpha[k].float().to(device).requires_grad_(True)
+                    gates_hook.gates = gates
+                    for p in range(scored.n_p):
+                        with autocast():
+                            logits = model(input_ids=scored.input_ids[p : p + 1].to(device)).logits
+                            loss = row_loss(logits, scored, torch.tensor([p]))[0]
+                        loss.backward()
+                    mean_grad = gates.grad.double().cpu() / scored.n_p
+                    ig += (mean_grad * (alpha[k] - alpha[k - 1]) * paths.weight[q]).numpy()
+            results.append(ig[None].repeat(scored.n_p, 0))  # the mean over p, as the engine's per-p mean
+    finally:
+        gates_hook.remove()
+    return results
+
+
 def captum_ig(model, adapter, scored_list, method, steps: int, batch: int, autocast, layers=None) -> list[np.ndarray]:
     """Captum IntegratedGradients over gates (per-layer: one call per layer), full logits, frozen parameters."""
     from captum.attr import IntegratedGradients
@@ -290,6 +330,21 @@ def engine_ig(
         engine.close()
 
 
+def engine_stp(adapter, scored_list, method, steps, prefix, autocast_dtype, budget, path_samples, start_losses=True):
+    engine = GateEngine(
+        adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, prefix_cache=prefix, memory_budget=budget
+    )
+    try:
+        out = []
+        for s in scored_list:
+            paths = make_stp(adapter, s, method, path_samples)
+            ig = integrated_gradients(engine, s, paths, "riemann_stieltjes", steps, start_losses).ig
+            out.append(ig.astype(np.float64).mean(0, keepdims=True).repeat(s.n_p, 0))
+        return out
+    finally:
+        engine.close()
+
+
 def timed(fn, device):
     """(result, wall seconds, process CPU seconds, peak memory bytes: CUDA only, 0 on CPU) of one run of ``fn``.
 
@@ -313,7 +368,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--mask-probs", type=float, nargs="+", default=[0.15, 0.5])
     parser.add_argument("--samples", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", default=["per_layer", "joint"], choices=["per_layer", "joint"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["per_layer", "joint"], choices=["per_layer", "joint", "stp", "stp_layer"]
+    )
+    parser.add_argument("--path-samples", type=int, default=2, help="STP paths per sample (stp, stp_layer rows)")
     parser.add_argument("--skip-plain", action="store_true", help="skip the plain loop (slow for big models)")
     parser.add_argument("--skip-captum", action="store_true")
     parser.add_argument(
@@ -385,6 +443,51 @@ def main(argv=None) -> int:
     engine.close()
     impls, flops, results = {}, {}, {}
     for method in args.methods:
+        if method in ("stp", "stp_layer"):
+            impls[method] = {
+                "engine": lambda m=method: engine_stp(
+                    adapter, scored_list, m, args.steps, True, autocast_dtype, budget, args.path_samples
+                ),
+                "engine-igonly": lambda m=method: engine_stp(
+                    adapter,
+                    scored_list,
+                    m,
+                    args.steps,
+                    True,
+                    autocast_dtype,
+                    budget,
+                    args.path_samples,
+                    start_losses=False,
+                ),
+                "engine-noprefix": lambda m=method: engine_stp(
+                    adapter, scored_list, m, args.steps, False, autocast_dtype, budget, args.path_samples
+                ),
+                "plain": lambda m=method: plain_stp(
+                    model, adapter, scored_list, m, args.steps, autocast, args.path_samples
+                ),
+            }
+            if method == "stp" or args.skip_plain:
+                impls[method].pop("engine-noprefix" if method == "stp" else "plain")
+            if method == "stp" and args.skip_plain:
+                del impls[method]["plain"]
+            # FLOPs: P paths of the smooth path with the same prefix structure (joint / per_layer); every STP node
+            # is its own row, so no shared all-on row
+            cost = dict(
+                dims=dims,
+                seq_len=t,
+                n_samples=args.samples,
+                n_p=len(args.mask_probs),
+                steps=args.steps * args.path_samples,
+            )
+            cost.update(method="joint" if method == "stp" else "per_layer", scored_fraction=n_scored / t)
+            baseline = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
+            flops[method] = {
+                "engine": ig_cost(prefix_cache=True, **cost)["flops"],
+                "engine-igonly": ig_cost(prefix_cache=True, end_losses=False, **cost)["flops"],
+                "engine-noprefix": ig_cost(prefix_cache=False, **cost)["flops"],
+                "plain": ig_cost(**baseline, **cost)["flops"],
+            }
+            continue
         impls[method] = {
             "engine": lambda m=method: engine_ig(adapter, scored_list, m, args.steps, True, autocast_dtype, budget),
             "engine-igonly": lambda m=method: engine_ig(
@@ -424,6 +527,11 @@ def main(argv=None) -> int:
     # warm-up, so one-off costs (kernel selection, allocator growth) are not timed: the engine runs once as
     # timed; the plain loop and Captum repeat the same shapes for every layer, so one layer warms them
     for method in args.methods:
+        if method in ("stp", "stp_layer"):
+            engine_stp(adapter, scored_list[:1], method, args.steps, True, autocast_dtype, budget, 1)
+            if not args.skip_plain:
+                plain_stp(model, adapter, scored_list[:1], method, 1, autocast, 1, [0])
+            continue
         for prefix in (True, False):
             engine_ig(adapter, scored_list[:1], method, args.steps, prefix, autocast_dtype, budget)
         if not args.skip_captum:

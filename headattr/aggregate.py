@@ -2,13 +2,19 @@
 
 For head (l, h), with x_i = mean over p of ig[i, p, l, h] (sample i's score):
 score = mean_i x_i;  abs_score = mean over i and p of |ig|;  std = std_i x_i (ddof=1);  se = std / sqrt(N);
-importance = -score (the sign convention: IG of the loss, negative = the head lowers the loss).
+importance = mean_i f(-x_i) with the post-processing f of ``report.postprocess`` applied per sample before
+averaging (the users' order): ``signed`` f(y) = y (importance = -score: IG of the loss, negative = the head
+lowers the loss), ``abs`` f(y) = |y| (= the users' default |IG|), ``relu`` f(y) = max(y, 0) (only the part
+where the head lowers the loss). Rankings, heatmaps, pruning orders and exports use this importance; dumps
+keep the raw signed IG. Heads of layers outside ``ig.layers`` are left out of the table.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+POSTPROCESS = ("signed", "abs", "relu")
 
 
 def head_label(layer: int, head: int) -> str:
@@ -20,8 +26,36 @@ def per_sample_scores(arrays: dict) -> np.ndarray:
     return arrays["ig"].astype(np.float64).mean(axis=1)
 
 
-def aggregate(arrays: dict) -> pd.DataFrame:
-    """Tidy table, one row per head: layer, head, label, score, importance, abs_score, std, se, n, rank."""
+def per_sample_importance(arrays: dict, postprocess: str = "signed") -> np.ndarray:
+    """Post-processed importance per sample [N, L, H]: f(-x_i), f from ``postprocess`` (see module docstring)."""
+    y = -per_sample_scores(arrays)
+    if postprocess == "signed":
+        return y
+    if postprocess == "abs":
+        return np.abs(y)
+    if postprocess == "relu":
+        return np.maximum(y, 0.0)
+    raise ValueError(f"report.postprocess: {postprocess!r} is not one of {POSTPROCESS}")
+
+
+def attributed_layers(arrays: dict) -> list[int]:
+    """Model layers whose heads the dump attributes (``ig.layers``, inclusive; default all)."""
+    from .dumps import read_meta
+
+    n_layers = arrays["ig"].shape[2]
+    layer_range = read_meta(arrays).get("settings", {}).get("layer_range")
+    return list(range(n_layers)) if layer_range is None else list(range(layer_range[0], layer_range[1] + 1))
+
+
+def importance_matrix(arrays: dict, postprocess: str = "signed") -> np.ndarray:
+    """Mean post-processed importance [L, H]; heads outside ``ig.layers`` have IG 0 (their gates never move),
+    hence importance 0."""
+    return per_sample_importance(arrays, postprocess).mean(0)
+
+
+def aggregate(arrays: dict, postprocess: str = "signed") -> pd.DataFrame:
+    """Tidy table, one row per attributed head: layer, head, label, score, importance, abs_score, std, se, n,
+    rank, postprocess."""
     x = per_sample_scores(arrays)
     n, n_layers, n_heads = x.shape
     score = x.mean(0)
@@ -33,14 +67,16 @@ def aggregate(arrays: dict) -> pd.DataFrame:
             "head": head.ravel(),
             "label": [head_label(a, b) for a, b in zip(layer.ravel(), head.ravel(), strict=True)],
             "score": score.ravel(),
-            "importance": -score.ravel(),
+            "importance": per_sample_importance(arrays, postprocess).mean(0).ravel(),
             "abs_score": np.abs(arrays["ig"].astype(np.float64)).mean((0, 1)).ravel(),
             "std": std.ravel(),
             "se": (std / np.sqrt(n)).ravel(),
             "n_samples": n,
         }
     )
+    table = table[table["layer"].isin(attributed_layers(arrays))].reset_index(drop=True)
     table["rank"] = table["importance"].rank(ascending=False, method="first").astype(int)
+    table["postprocess"] = postprocess
     return table
 
 

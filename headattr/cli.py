@@ -10,9 +10,11 @@ or ``headattr attribute --config run.yaml`` with the same keys (flags override t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .errors import HeadattrError
@@ -39,6 +41,13 @@ DEFAULTS = {
     "mask_seed": 0,
     "rows_per_pass": 16,
     "out": "headattr-ig.npz",
+    "path_samples": 4,
+    "path_seed": None,
+    "stp_rule": "riemann_stieltjes",
+    "stp_levels": 4,
+    "mask_samples": 1,
+    "layers": None,
+    "postprocess": "signed",
 }
 
 
@@ -57,12 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--max-samples", type=int)
     att.add_argument("--data-seed", type=int)
     att.add_argument("--max-len", type=int)
-    att.add_argument("--method", choices=["per_layer", "joint", "layered"])
+    att.add_argument("--method", choices=["per_layer", "joint", "layered", "stp", "stp_layer"])
     att.add_argument("--rule")
     att.add_argument("--steps", type=int)
     att.add_argument("--baseline", type=float)
     att.add_argument("--objective", choices=["diffusion", "causal"])
-    att.add_argument("--weighting", choices=["mean", "inverse_p"])
+    att.add_argument("--weighting", choices=["mean", "inverse_p", "sum"])
+    att.add_argument("--mask-samples", type=int, help="masks per mask probability (S)")
+    att.add_argument("--path-samples", type=int, help="STP paths per sample")
+    att.add_argument("--path-seed", type=int, help="STP threshold seed (default: --mask-seed)")
+    att.add_argument("--stp-rule", choices=["riemann_stieltjes", "trapezoid_stieltjes", "gauss_segments"])
+    att.add_argument("--stp-levels", type=int)
+    att.add_argument("--layers", type=int, nargs=2, metavar=("START", "END"), help="inclusive layer range")
+    att.add_argument("--postprocess", choices=["signed", "abs", "relu"], help="importance in <out>.heads.csv")
     att.add_argument("--mask-probs", type=float, nargs="+")
     att.add_argument("--mask-mode", choices=["bernoulli", "exact"])
     att.add_argument("--mask-seed", type=int)
@@ -150,6 +166,11 @@ def run_attribute(options: dict) -> Path:
         mask_probs=options["mask_probs"],
         mask_mode=options["mask_mode"],
         mask_seed=options["mask_seed"],
+        options={k: options[k] for k in ("path_samples", "path_seed", "stp_rule", "stp_levels")}
+        if options["method"] in ("stp", "stp_layer")
+        else {},
+        layer_range=None if options["layers"] is None else list(options["layers"]),
+        mask_samples=options["mask_samples"],
     ).validate()
     records = sample_records(to_records(read_table(options["data"])), options["max_samples"], options["data_seed"])
     model_cfg = {
@@ -160,14 +181,23 @@ def run_attribute(options: dict) -> Path:
     samples, report = tokenize_records(records, tokenizer, options["max_len"], shift=adapter.shift_logits)
     masks = None
     if settings.objective == "diffusion":
-        masks = draw_masks(samples, settings.mask_probs, settings.mask_mode, settings.mask_seed, adapter.shift_logits)
+        masks = draw_masks(
+            samples,
+            settings.mask_probs,
+            settings.mask_mode,
+            settings.mask_seed,
+            adapter.shift_logits,
+            settings.mask_samples,
+        )
     engine = GateEngine(adapter, rows_per_pass=options["rows_per_pass"])
     arrays, meta = run_attribution(
         engine, samples, masks, settings, {"cli_options": options, "tokenize": report.as_dict()}
     )
     out = Path(options["out"])
     save_npz(out, arrays, meta)
-    aggregate(arrays).to_csv(out.with_suffix(".heads.csv"), index=False)
+    aggregate(arrays | {"meta_json": np.array(json.dumps(meta, default=str))}, options["postprocess"]).to_csv(
+        out.with_suffix(".heads.csv"), index=False
+    )
     gaps = completeness_summary(arrays)
     print(
         f"wrote {out} ({len(samples)} samples); completeness gap max {gaps['gap_abs_max']:.3g} "

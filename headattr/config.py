@@ -91,6 +91,7 @@ TOKENIZE_OPTIONS = (
 
 
 IG_METHODS = ("per_layer", "joint", "layered")
+STP_METHODS = ("stp", "stp_layer")
 
 
 def method_settings(config: dict, method: str) -> dict:
@@ -104,6 +105,11 @@ def method_settings(config: dict, method: str) -> dict:
             "lambdas": g["lambdas"] if method == "layered" else None,
             "options": {},
         }
+    if method in STP_METHODS:
+        options = {k: g[k] for k in ("path_samples", "path_seed", "stp_rule")}
+        if g["stp_rule"] == "gauss_segments":
+            options["stp_levels"] = g["stp_levels"]
+        return {"steps": g["steps"], "baseline": g["baseline"], "options": options}
     if method.startswith("shapley"):
         return {"options": dict(config["shapley"])}
     if method == "first_order":
@@ -138,6 +144,8 @@ def units(config: dict) -> list[Unit]:
             "mask_mode": o["mask_mode"],
             "mask_seed": seed,
         }
+        if o["mask_samples"] > 1:  # only when set, so S = 1 configs keep their artifact keys
+            masks["mask_samples"] = o["mask_samples"]
         for method in g["methods"]:
             ig = {
                 "masks": masks,
@@ -146,6 +154,8 @@ def units(config: dict) -> list[Unit]:
                 "method": method,
                 **method_settings(config, method),
             }
+            if g["layers"] is not None:
+                ig["layer_range"] = list(g["layers"])
             slices = {"data": data, "tokens": tokens, "masks": masks, "ig": ig}
             keys = {
                 "data": stage_key(f"seed{seed}", data),
@@ -153,7 +163,7 @@ def units(config: dict) -> list[Unit]:
                 "masks": stage_key(f"seed{seed}", masks),
                 "ig": stage_key(f"{method}-seed{seed}", ig),
             }
-            layer_shards = shard["layers"] if method in ("per_layer", "shapley_layer") else None
+            layer_shards = shard["layers"] if method in ("per_layer", "shapley_layer", "stp_layer") else None
             shards = plan_shards(d["max_samples"], n_layers, shard["samples"], layer_shards, method)
             out.append(Unit(seed, method, slices, keys, tuple(shards)))
     return out
@@ -185,9 +195,10 @@ def validation_groups(config: dict) -> dict:
     out = {}
     for held in heldout_units(config):
         methods = {m: by[(m, held.seed)] for m in config["ig"]["methods"]}
-        key = stage_key(
-            f"seed{held.seed}-pruning", {"ig": methods, "heldout": held.keys["masks"], "v": config["validation"]}
-        )
+        params = {"ig": methods, "heldout": held.keys["masks"], "v": config["validation"]}
+        if config["report"]["postprocess"] != "signed" or config["compare"]["importance_files"]:
+            params |= {"postprocess": config["report"]["postprocess"], "imported": config["compare"]}
+        key = stage_key(f"seed{held.seed}-pruning", params)
         out[key] = (held.seed, methods, held)
     return out
 
@@ -216,9 +227,12 @@ def diagnostic_groups(config: dict) -> dict:
                     ka,
                     kb,
                 )
+    ranking = {}  # only when set, so that default configs keep their keys
+    if config["report"]["postprocess"] != "signed" or config["compare"]["importance_files"]:
+        ranking = {"postprocess": config["report"]["postprocess"], "imported": config["compare"]}
     for seed in seeds:
         keys = {m: by[(m, seed)] for m in methods}
-        out["methods"][stage_key(f"seed{seed}-methods", {"ig": keys, "d": diag})] = (seed, keys)
+        out["methods"][stage_key(f"seed{seed}-methods", {"ig": keys, "d": diag, **ranking})] = (seed, keys)
     return out
 
 
@@ -292,3 +306,26 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     lambdas = config["ig"]["lambdas"]
     if lambdas is not None and "layered" not in config["ig"]["methods"]:
         raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")
+    check_stp_config(config, root)
+
+
+def check_stp_config(config: dict, root: Path) -> None:
+    """ig.layers inside the model, no layer shards with it, shapley_all without it; the imported files."""
+    from .exports import check_importance_files, model_shape
+
+    g = config["ig"]
+    shape = model_shape(root / config["model"]["path"])
+    if g["layers"] is not None:
+        start, end = g["layers"]
+        if start > end or (shape is not None and end >= shape[0]):
+            limit = f"0..{shape[0] - 1}" if shape else "the model's layers"
+            raise ConfigError(f"ig.layers: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
+        if config["shard"]["layers"]:
+            raise ConfigError("ig.layers: cannot be combined with shard.layers (shard the samples instead)")
+        if "shapley_all" in g["methods"]:
+            raise ConfigError("ig.layers: shapley_all plays every head against every other; it has no layer range")
+    clash = set(config["compare"]["importance_files"]) & set(g["methods"])
+    if clash:
+        raise ConfigError(f"compare.importance_files: names {sorted(clash)} clash with ig.methods")
+    files = {k: str(root / v) for k, v in config["compare"]["importance_files"].items()}
+    check_importance_files(files, root / config["model"]["path"])

@@ -146,15 +146,21 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
     return out
 
 
-def method_diagnostics(arrays_by_method: dict[str, dict], cfg: dict | None = None) -> dict:
-    """Agreement between methods on one seed and each method's sample specificity."""
+def method_diagnostics(
+    arrays_by_method: dict[str, dict], cfg: dict | None = None, imported: dict | None = None, postprocess="signed"
+) -> dict:
+    """Agreement between methods on one seed (and imported [L, H] importance files) and each method's sample
+    specificity; rankings use the ``report.postprocess`` importance."""
+    from .aggregate import per_sample_importance
+
     c = _cfg(cfg)
-    per_sample = {m: a["ig"].astype(np.float64).mean(1) for m, a in arrays_by_method.items()}
+    per_sample = {m: -per_sample_importance(a, postprocess) for m, a in arrays_by_method.items()}
     any_ps = next(iter(per_sample.values()))
     ks = _ks(c["topk"][:2], any_ps.shape[1] * any_ps.shape[2])
     out = {"specificity": stats.method_specificity(per_sample)}
-    if len(per_sample) >= 2:
-        out["comparison"] = stats.method_comparison(per_sample, ks=ks)
+    compared = per_sample | {name: -np.asarray(m, dtype=np.float64)[None] for name, m in (imported or {}).items()}
+    if len(compared) >= 2:
+        out["comparison"] = stats.method_comparison(compared, ks=ks)
     out["headline"] = {
         "specificity": dict(zip(out["specificity"]["method"], out["specificity"]["sample_specificity"], strict=True))
     }

@@ -373,10 +373,13 @@ def build_report(
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
     }
+    postprocess = config.get("report", {}).get("postprocess", "signed")
     parts = [
         f"# headattr report: run `{config['run']}`\n",
         "Scores are the raw IG of the loss over head gates; importance = -IG (a head whose gate lowers the loss "
         "is important).\n",
+        f"Rankings, heatmaps and pruning orders show postprocess `{postprocess}` (applied per sample to -IG before "
+        "averaging: signed -IG, abs |IG|, relu max(-IG, 0)).\n",
         "## Completeness\n",
         "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities "
         "(n/a for first-order and leave-one-out scores, which obey no sum rule).\n",

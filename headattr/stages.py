@@ -159,16 +159,24 @@ def tokenize(
     return report.as_dict()
 
 
-def masks(tokens_path, model_cfg: dict, kind: str, mask_probs, mask_mode: str, seed: int, out) -> dict:
-    """Draw the masks every method will score (keyed by seed, sample id and p)."""
+def masks(
+    tokens_path, model_cfg: dict, kind: str, mask_probs, mask_mode: str, seed: int, out, mask_samples: int = 1
+) -> dict:
+    """Draw the masks every method will score (keyed by seed, sample id, p and draw s < ``mask_samples``)."""
     _, shift = model_family_and_shift(model_cfg)
     samples = unpack_samples(load_npz(tokens_path))
     probs = [1.0] if kind == "causal" else list(mask_probs)
     if kind == "causal":
+        mask_samples = 1
         drawn = {s.sample_id: np.zeros((1, s.length), dtype=bool) for s in samples}
     else:
-        drawn = draw_masks(samples, probs, mask_mode, seed, shift)
-    save_npz(out, pack_masks(samples, drawn, probs), {"mask_mode": mask_mode, "mask_seed": seed, "shift": shift})
+        drawn = draw_masks(samples, probs, mask_mode, seed, shift, mask_samples)
+    save_npz(
+        out,
+        pack_masks(samples, drawn, probs, mask_samples),
+        {"mask_mode": mask_mode, "mask_seed": seed, "shift": shift}
+        | ({"mask_samples": mask_samples} if mask_samples > 1 else {}),
+    )
     counts = [int(m.sum()) for m in drawn.values()]
     return {"n_samples": len(samples), "masked_tokens_total": int(np.sum(counts))}
 
@@ -232,22 +240,29 @@ def attribute(
     }
 
 
-def gather_and_aggregate(shard_paths, dump_out, heads_out, completeness_out) -> dict:
-    """Gather shard dumps into the run's dump, then write its per-head and completeness tables."""
+def gather_and_aggregate(
+    shard_paths, dump_out, heads_out, completeness_out, exports=None, postprocess: str = "signed"
+) -> dict:
+    """Gather shard dumps into the run's dump, then write its per-head and completeness tables (and exports)."""
     from .shards import gather
 
     arrays, meta = gather([(Path(p).stem, load_npz(p)) for p in shard_paths])
     save_npz(dump_out, arrays, meta)
-    return aggregate_dump(dump_out, heads_out, completeness_out)
+    return aggregate_dump(dump_out, heads_out, completeness_out, exports, postprocess)
 
 
-def aggregate_dump(dump_path, heads_out, completeness_out) -> dict:
-    """Per-head table and per-(sample, p, path) completeness table of a dump."""
+def aggregate_dump(dump_path, heads_out, completeness_out, exports=None, postprocess: str = "signed") -> dict:
+    """Per-head table and per-(sample, p, path) completeness table of a dump; with ``exports`` =
+    (head_importance.pt, per_sample_ig.pt) paths also the users' files (see :mod:`headattr.exports`)."""
     arrays = load_dump(dump_path)
-    heads = aggregate(arrays)
+    heads = aggregate(arrays, postprocess)
     comp = completeness_table(arrays)
     atomic_write(heads_out, lambda tmp: heads.to_csv(tmp, index=False))
     atomic_write(completeness_out, lambda tmp: comp.to_csv(tmp, index=False))
+    if exports is not None:
+        from .exports import write_exports
+
+        write_exports(arrays, heads, *exports)
     return {"gap_abs_max": float(comp["gap"].abs().max()), "gap_rel_max": float(comp["rel_gap"].max())}
 
 
@@ -261,15 +276,24 @@ def validate_pruning(
     engine_cfg: dict,
     curves_out,
     summary_out,
+    postprocess: str = "signed",
+    importance_files: dict | None = None,
 ) -> dict:
-    """Deletion curves on held-out samples for every method's ranking (mean score over samples and p)."""
+    """Deletion curves on held-out samples for every method's ranking (mean post-processed importance over
+    samples, see :func:`headattr.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
+    from .aggregate import importance_matrix
+    from .exports import load_importance_file
     from .objective.loss import build_scored_input
     from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
 
-    rankings = {m: load_dump(p)["ig"].astype(np.float64).mean((0, 1)) for m, p in dump_paths.items()}
+    # deletion curves rank by ascending score = descending importance
+    rankings = {m: -importance_matrix(load_dump(p), postprocess) for m, p in dump_paths.items()}
     samples = unpack_samples(load_npz(tokens_path))
     masks = unpack_masks(load_npz(masks_path))
     model, _, adapter = load_adapter(model_cfg)
+    for name, file in (importance_files or {}).items():
+        key = f"compare.importance_files.{name}"
+        rankings[name] = -load_importance_file(file, adapter.n_layers, adapter.n_heads, key)
     probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
     scored = [
         build_scored_input(
@@ -280,6 +304,7 @@ def validate_pruning(
             objective["weighting"],
             adapter.mask_token_id,
             adapter.shift_logits,
+            objective.get("mask_samples", 1) if objective["kind"] == "diffusion" else 1,
         )
         for s in samples
     ]

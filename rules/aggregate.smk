@@ -8,6 +8,8 @@ rule aggregate:
         dump=f"{RESULTS}/ig/{{key}}/dump.npz",
         heads=f"{RESULTS}/ig/{{key}}/heads.csv",
         completeness=f"{RESULTS}/ig/{{key}}/completeness.csv",
+        importance=f"{RESULTS}/ig/{{key}}/head_importance.pt",
+        per_sample=f"{RESULTS}/ig/{{key}}/per_sample_ig.pt",
     log:
         f"{RESULTS}/logs/aggregate/{{key}}.log",
     benchmark:
@@ -15,6 +17,8 @@ rule aggregate:
     group:
         "summarise"
     conda:
-        "../envs/analysis.yaml"
+        "../envs/engine.yaml"
+    params:
+        postprocess=config["report"]["postprocess"],
     script:
         "../scripts/aggregate.py"

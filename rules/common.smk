@@ -87,9 +87,10 @@ def ig_settings(wildcards):
         "method": unit.method,
         **{
             k: ig[k]
-            for k in ("rule", "steps", "baseline", "lambdas", "options")
+            for k in ("rule", "steps", "baseline", "lambdas", "options", "layer_range")
             if k in ig
         },
+        "mask_samples": o["mask_samples"],
         "objective": o["kind"],
         "weighting": o["weighting"],
         "mask_probs": [1.0] if o["kind"] == "causal" else o["mask_probs"],

@@ -62,5 +62,7 @@ rule diagnose_methods:
     params:
         cfg=config["diagnostics"],
         methods=lambda wc: list(DIAG["methods"][wc.key][1]),
+        imported=config["compare"]["importance_files"],
+        postprocess=config["report"]["postprocess"],
     script:
         "../scripts/diagnose.py"

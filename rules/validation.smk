@@ -8,6 +8,7 @@ rule validate_pruning:
         ),
         masks=lambda wc: path("masks", VALIDATION[wc.key][2].keys["masks"], "masks.npz"),
         model=model_inputs(),
+        imported=list(config["compare"]["importance_files"].values()),
     output:
         curves=f"{RESULTS}/validation/{{key}}/curves.csv",
         summary=f"{RESULTS}/validation/{{key}}/summary.csv",
@@ -29,5 +30,7 @@ rule validate_pruning:
         objective=config["objective"],
         cfg=config["validation"],
         engine=engine_settings(),
+        postprocess=config["report"]["postprocess"],
+        importance_files=config["compare"]["importance_files"],
     script:
         "../scripts/validate_pruning.py"

@@ -14,7 +14,11 @@ if sm.rule == "diagnose_unit":
 elif sm.rule == "diagnose_seeds":
     tables = diagnostics.seed_diagnostics(load_dump(sm.input.dump_a), load_dump(sm.input.dump_b), sm.params.labels, cfg)
 else:
+    from headattr.exports import load_importance_file
+
     by_method = dict(zip(sm.params.methods, (load_dump(p) for p in sm.input.dumps), strict=True))
-    tables = diagnostics.method_diagnostics(by_method, cfg)
+    shape = next(iter(by_method.values()))["ig"].shape[2:]
+    imported = {k: load_importance_file(p, *shape, key=k) for k, p in sm.params.imported.items()}
+    tables = diagnostics.method_diagnostics(by_method, cfg, imported, sm.params.postprocess)
 for path in diagnostics.write_tables(tables, sm.output.tables):
     print(f"wrote {path}")

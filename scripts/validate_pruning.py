@@ -22,5 +22,7 @@ print(
         sm.params.engine,
         sm.output.curves,
         sm.output.summary,
+        sm.params.postprocess,
+        sm.params.importance_files,
     )
 )

@@ -125,6 +125,6 @@ def test_objective_errors():
     with pytest.raises(ConfigError, match="objective.kind"):
         build_scored_input(s, None, [0.5], "autoregressive")
     with pytest.raises(ConfigError, match="objective.weighting"):
-        build_scored_input(s, np.zeros((1, 10), bool), [0.5], "diffusion", "sum", 4)
+        build_scored_input(s, np.zeros((1, 10), bool), [0.5], "diffusion", "median", 4)
     with pytest.raises(ConfigError, match="mask_token_id"):
         build_scored_input(s, np.zeros((1, 10), bool), [0.5], "diffusion", "mean", None)

@@ -51,6 +51,15 @@ def first_moving_layer(paths: GatePaths) -> torch.Tensor:
     return torch.where(moves.any(-1), moves.float().argmax(-1), 0).long()
 
 
+def node_weights(paths, rule: str, steps: int) -> tuple[np.ndarray, torch.Tensor]:
+    """(nodes t [m], weights [m, Q, L, H]) with IG = sum_k dL/dg(g(t_k)) * weights_k: the path's own quadrature
+    (threshold paths, see :mod:`headattr.methods.stp`) or w_k * dg/dt(t_k) for a smooth path."""
+    if hasattr(paths, "quadrature"):
+        return paths.quadrature(rule, steps)
+    t, w = nodes_and_weights(rule, steps)
+    return t, torch.as_tensor(w)[:, None, None, None] * paths.velocity(t)
+
+
 def integrated_gradients(
     engine: GateEngine,
     scored: ScoredInput,
@@ -61,10 +70,13 @@ def integrated_gradients(
 ) -> SampleAttribution:
     """IG of ``scored`` along every path in ``paths`` with quadrature ``rule`` at ``steps`` nodes.
 
+    ``paths``: :class:`GatePaths` (``rule`` from :mod:`.quadrature`) or
+    :class:`~headattr.methods.stp.ThresholdPaths` (``rule`` one of its schemes, per-path weights averaged).
+
     ``start_losses=False`` skips the forward rows that only serve the completeness check (the loss at a path
     start that is not a quadrature node): ``loss_base`` and ``gap`` are NaN there, ``ig`` is unchanged.
     """
-    t, w = nodes_and_weights(rule, steps)
+    t, weights = node_weights(paths, rule, steps)  # [m], [m, Q, L, H]
     n_p, n_q, m = scored.n_p, paths.n_paths, len(t)
     node_gates = paths.gates(t)  # [m, Q, L, H]
     n_layers, n_heads = node_gates.shape[-2:]
@@ -127,11 +139,12 @@ def integrated_gradients(
         if prefix and hasattr(engine, "clear_prefix"):
             engine.clear_prefix()  # the cache belongs to this sample and this model state
     grads = grads.reshape(n_p, n_q, m, n_layers, n_heads)
-    weighted_velocity = torch.as_tensor(w)[:, None, None, None] * paths.velocity(t)  # [m, Q, L, H]
-    ig_paths = torch.einsum("pqklh,kqlh->pqlh", grads, weighted_velocity)  # [n_p, Q, L, H]
+    ig_paths = torch.einsum("pqklh,kqlh->pqlh", grads, weights)  # [n_p, Q, L, H]
+    path_weight = getattr(paths, "weight", None)  # [Q]: 1 / P for P averaged paths
+    ig = ig_paths.sum(1) if path_weight is None else torch.einsum("pqlh,q->plh", ig_paths, path_weight.double())
     return SampleAttribution(
         sample_id=scored.sample_id,
-        ig=ig_paths.sum(1).float().numpy(),
+        ig=ig.float().numpy(),
         loss_full=loss_full.double().numpy(),
         loss_base=loss_base.numpy(),
         ig_sum=ig_paths.sum((2, 3)).numpy(),

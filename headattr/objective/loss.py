@@ -3,6 +3,7 @@
 Diffusion objective (per mask probability p, masked positions M inside the target region T):
 - ``mean``:      L_p = sum_{j in M} CE_j / |M|
 - ``inverse_p``: L_p = sum_{j in M} CE_j / (p * |T|)        (LLaDA/Dream ELBO, normalised by target length)
+- ``sum``:       L_p = sum_{j in M} CE_j                       (the users' ``--loss_normalize sum``)
 where CE_j = -log softmax(logits at j - shift)[token_j], shift = 1 for shifted-logit models (Dream), else 0.
 
 Causal objective: the unmasked text, L = mean over target positions j >= 1 of CE(logits at j - 1, token_j).
@@ -17,10 +18,17 @@ import torch
 
 from ..data.samples import Sample
 from ..errors import ConfigError
-from .masking import target_positions
+from .masking import target_positions, variant_probs
 
 OBJECTIVES = ("diffusion", "causal")
-WEIGHTINGS = ("mean", "inverse_p")
+WEIGHTINGS = ("mean", "inverse_p", "sum")
+
+
+def token_weight(weighting: str, p: float, n_masked: int, n_target: int) -> float:
+    """The factor of every CE term of a row: 1 / |M|, 1 / (p |T|) or 1."""
+    if weighting == "mean":
+        return 1.0 / n_masked
+    return 1.0 if weighting == "sum" else 1.0 / (float(p) * n_target)
 
 
 @dataclass
@@ -55,8 +63,10 @@ def build_scored_input(
     weighting: str = "mean",
     mask_token_id: int | None = None,
     shift: bool = False,
+    mask_samples: int = 1,
 ) -> ScoredInput:
-    """Noise ``sample`` with ``masks`` ([n_p, pos], from :mod:`headattr.objective.masking`) and list what is scored."""
+    """Noise ``sample`` with ``masks`` ([n_p * S, pos], from :mod:`headattr.objective.masking`) and list what is
+    scored; one row per (p, s) variant, so ``mask_probs`` of the result repeats each p ``mask_samples`` times."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective.kind: {objective!r} is not one of {OBJECTIVES}")
     if weighting not in WEIGHTINGS:
@@ -74,8 +84,9 @@ def build_scored_input(
         )
     if mask_token_id is None:
         raise ConfigError("model.mask_token_id: the diffusion objective needs a mask token id")
+    mask_probs = variant_probs(mask_probs, mask_samples)
     if masks is None or masks.shape != (len(mask_probs), sample.length):
-        raise ValueError(f"sample {sample.sample_id!r}: masks must have shape [n_p, {sample.length}]")
+        raise ValueError(f"sample {sample.sample_id!r}: masks must have shape [n_p * S, {sample.length}]")
     n_target = target_positions(sample, shift).size
     rows, pred_pos, targets, weights = [], [], [], []
     for p, mask in zip(mask_probs, masks, strict=True):
@@ -85,7 +96,7 @@ def build_scored_input(
         rows.append(noised)
         pred_pos.append(scored - int(shift))
         targets.append(ids[scored])
-        weights.append(1.0 / scored.numel() if weighting == "mean" else 1.0 / (float(p) * n_target))
+        weights.append(token_weight(weighting, p, scored.numel(), n_target))
     return ScoredInput(
         sample_id=sample.sample_id,
         mask_probs=[float(p) for p in mask_probs],
