@@ -1,8 +1,10 @@
 """Config validation and the helpers that turn the config into versioned artifact paths."""
 
+import sys
 from pathlib import Path
 
 from headattr.checks import check_inputs
+from headattr.workflow import is_weight_file
 from headattr.config import (
     diagnostic_groups,
     heldout_units,
@@ -72,6 +74,11 @@ def model_inputs():
     )
 
 
+def tokenizer_inputs():
+    """The model files tokenization reads (config and tokenizer): replacing the weights does not retokenize."""
+    return [p for p in model_inputs() if not is_weight_file(Path(p))]
+
+
 def data_inputs():
     source = config["data"]["source"]
     if source == "demo":
@@ -124,5 +131,20 @@ def run_view():
         tmp.replace(view)
 
 
-if workflow.is_main_process and workflow.executor_plugin and not workflow.dryrun:
-    run_view()  # a real run (not -n, --lint, --unlock), whether or not anything is rebuilt
+def previews_only(argv):
+    """True for a dry run or lint (the executor is not known while the Snakefile is parsed)."""
+    short = [a for a in argv if a.startswith("-") and not a.startswith("--")]
+    long = {
+        "--dry-run",
+        "--dryrun",
+        "--lint",
+        "--unlock",
+        "--summary",
+        "--detailed-summary",
+    }
+    return bool(long & set(argv)) or any(a[1:].isalpha() and "n" in a for a in short)
+
+
+# Snakemake runs no hook when nothing is to be done, so the view is set here, before the DAG runs.
+if workflow.is_main_process and not previews_only(sys.argv[1:]):
+    run_view()

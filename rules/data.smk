@@ -23,7 +23,7 @@ rule tokenize:
         records=lambda wc: path(
             "data", unit_for("tokens", wc.key).keys["data"], "records.jsonl"
         ),
-        model=model_inputs(),
+        model=tokenizer_inputs(),
     output:
         tokens=f"{RESULTS}/tokens/{{key}}/tokens.npz",
         manifest=f"{RESULTS}/tokens/{{key}}/manifest.json",
