@@ -19,6 +19,7 @@ from .dumps import load_npz, save_npz
 from .engine import GateEngine
 from .errors import ConfigError
 from .methods.ablation import leave_one_out
+from .methods.adaptive import adaptive_integrated_gradients
 from .methods.first_order import first_order
 from .methods.ig import SampleAttribution, integrated_gradients
 from .methods.paths import MODES, make_paths
@@ -101,6 +102,8 @@ def attribute_sample(engine: GateEngine, sample: Sample, masks, settings: Attrib
         paths = make_paths(
             settings.method, adapter.n_layers, adapter.n_heads, settings.baseline, settings.layers, settings.lambdas
         )
+        if opts.get("tol") is not None:  # ig.tol: steps raised per path until completeness holds to tol
+            return adaptive_integrated_gradients(engine, scored, paths, settings.rule, settings.steps, **opts)
         return integrated_gradients(engine, scored, paths, settings.rule, settings.steps)
     if settings.method in ("shapley_layer", "shapley_all"):
         scope = "per_layer" if settings.method == "shapley_layer" else "all"

@@ -77,7 +77,8 @@ def method_settings(config: dict, method: str) -> dict:
             "steps": g["steps"],
             "baseline": g["baseline"],
             "lambdas": g["lambdas"] if method == "layered" else None,
-            "options": {},
+            # ig.tol null leaves the options (and so the artifact keys) of configs without it unchanged
+            "options": {k: g[k] for k in ("tol", "max_steps", "gap_floor")} if g.get("tol") is not None else {},
         }
     if method.startswith("shapley"):
         return {"options": dict(config["shapley"])}
@@ -262,6 +263,9 @@ def check_config(config: dict, root: Path | str = ".") -> None:
             raise ConfigError(f"model.device: {device!r} requested but CUDA is not available")
     if config["objective"]["kind"] == "causal" and config["objective"]["mask_probs"] != [1.0]:
         config["objective"]["mask_probs"] = [1.0]  # the causal objective does not mask
+    ig = config["ig"]
+    if ig["tol"] is not None and ig["max_steps"] < ig["steps"]:
+        raise ConfigError(f"ig.max_steps: {ig['max_steps']} < ig.steps ({ig['steps']}): ig.tol only raises them")
     lambdas = config["ig"]["lambdas"]
     if lambdas is not None and "layered" not in config["ig"]["methods"]:
         raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")
