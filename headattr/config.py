@@ -196,6 +196,12 @@ def diagnostic_groups(config: dict) -> dict:
     return out
 
 
+def _floor_if_set(config: dict) -> dict:
+    """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
+    floor = config["ig"].get("gap_floor", 0.01)
+    return {} if floor == 0.01 else {"gap_floor": floor}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -203,7 +209,7 @@ def report_key(config: dict) -> str:
         config["run"],
         {
             "ig": [u.keys["ig"] for u in units(config)],
-            "report": config["report"],
+            "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
         },
     )
@@ -266,6 +272,15 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     ig = config["ig"]
     if ig["tol"] is not None and ig["max_steps"] < ig["steps"]:
         raise ConfigError(f"ig.max_steps: {ig['max_steps']} < ig.steps ({ig['steps']}): ig.tol only raises them")
+    bins = config["diagnostics"]["depth_bins"]
+    if isinstance(bins, list):
+        bad = [b for b in bins if not b[0] < b[1]]
+        config_file = root / Path(model_path).expanduser() / "config.json"
+        if not bad and config_file.is_file():
+            n_layers = model_n_layers(str(config_file.parent))
+            bad = [b for b in bins if b[1] > n_layers]
+        if bad:
+            raise ConfigError(f"diagnostics.depth_bins: {bad} not [start, end) ranges with start < end <= n_layers")
     lambdas = config["ig"]["lambdas"]
     if lambdas is not None and "layered" not in config["ig"]["methods"]:
         raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")

@@ -43,11 +43,28 @@ def test_finds_the_layer_where_two_seeds_disagree():
     a = synthetic_dump(seed=1, specific=False)
     b = synthetic_dump(seed=2, randomize_layer=3, specific=False)
     out = diagnostics.seed_diagnostics(a, b, ("seed1", "seed2"), {"n_boot": 20, "n_perm": 50})
-    assert out["summary"]["worst_layers"][0][0] == 3
+    assert out["summary"]["worst_layers"][0]["layer"] == 3
     assert out["summary"]["pearson"]["n_above_0.9"] == L - 1
     per_layer = out["per_layer"].set_index("layer")["pearson"]
     assert per_layer.drop(3).min() > 0.9 and per_layer[3] < 0.9
-    assert out["topk"]["random_expected"].tolist() == pytest.approx([k / H for k in out["topk"]["k"]])
+    per_layer_topk = out["topk"][out["topk"]["scope"] == "per_layer"]
+    assert per_layer_topk["random_expected"].tolist() == pytest.approx([k / H for k in per_layer_topk["k"]])
+    glob = out["topk"][out["topk"]["scope"] == "global"]
+    assert glob["random_expected"].tolist() == pytest.approx([k / (L * H) for k in glob["k"]])
+
+
+def test_depth_bins_as_explicit_ranges():
+    a, b = synthetic_dump(seed=1, specific=False), synthetic_dump(seed=2, specific=False)
+    out = diagnostics.seed_diagnostics(a, b, cfg={"n_boot": 10, "n_perm": 10, "depth_bins": [[0, 2], [2, 6]]})
+    assert out["trend"]["bin"].tolist() == ["0-1", "2-5"] and out["trend"]["n_layers"].tolist() == [2, 4]
+
+
+def test_one_sample_category_is_named_as_left_out():
+    dump = synthetic_dump()
+    dump["categories"] = np.array(["code"] * 6 + ["math"] * 5 + ["chat"])
+    out = diagnostics.unit_diagnostics(dump, {"n_boot": 10})
+    assert out["category_differences_note"] == {"tested": ["code", "math"], "left_out": {"chat": 1}}
+    assert out["category_counts"] == {"code": 6, "math": 5, "chat": 1}
 
 
 def test_finds_the_category_dependent_head():

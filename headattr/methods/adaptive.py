@@ -23,7 +23,7 @@ from ..objective.loss import ScoredInput
 from .ig import SampleAttribution, integrated_gradients
 from .paths import GatePaths
 
-DEFAULT_GAP_FLOOR = 1e-3
+DEFAULT_GAP_FLOOR = 1e-2
 
 
 def relative_gap(gap, delta, floor: float = DEFAULT_GAP_FLOOR) -> np.ndarray:

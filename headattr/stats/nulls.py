@@ -124,7 +124,8 @@ def bca_interval(
     ``stat_fn(*idx)`` gets one int index array per independent sample (sizes ``sizes``, resampled with
     replacement by ``scipy.stats.bootstrap``) and returns m statistics. BCa corrects the median bias of the
     draws, but only while the estimate lies inside the central ``level`` of them (|z0| < z_(1+level)/2);
-    beyond that (or where BCa is undefined, e.g. constant draws) the interval is the normal one,
+    beyond that (or where BCa is undefined, e.g. constant draws, or collapses to a point on discrete draws that
+    spread) the interval is the normal one,
     estimate +- z * bootstrap SE, on Fisher's z scale when ``fisher`` (correlations: it stays in [-1, 1]).
     ``method`` says which, per statistic.
     """
@@ -166,6 +167,7 @@ def bca_interval(
         se = np.nanstd(finite, axis=1, ddof=1)
         bias = np.nanmean(draws, axis=1) - estimate
     se = np.where(np.isfinite(se), se, 0.0)
+    ok &= (hi > lo) | (se == 0)  # BCa collapsed onto a point mass of the draws although they spread
     half = norm.ppf(0.5 + level / 2) * se
     centre = to_z(estimate)
     lo = np.where(ok, lo, from_z(centre - half))

@@ -124,8 +124,8 @@ def cross_seed_consistency(
             exact (hypergeometric).
       topk_ks: the Ks used and skipped (:func:`split_ks`).
       distribution: DataFrame seed, mean, median, std, min, max of each run's scores.
-      best_layers / worst_layers: 3 rows of ``per_layer`` each (dicts), best Pearson first / worst first; nan
-            layers excluded.
+      best_layers / worst_layers: min(3, n // 2) rows of ``per_layer`` each (dicts; n finite layers, at least 1),
+            best Pearson first / worst first; nan layers excluded.
       trend: DataFrame bin ("start-last", inclusive layers), start, end (exclusive), pearson, spearman,
             n_layers; ``depth_bins`` is a count of near-equal bins or explicit [start, end) ranges.
     """
@@ -183,6 +183,7 @@ def cross_seed_consistency(
 
     ranked = per_layer.dropna(subset=["pearson"]).sort_values("pearson", kind="stable")
     rows = [{k: (int(v) if k == "layer" else float(v)) for k, v in r.items()} for r in ranked.to_dict("records")]
+    n_listed = max(1, min(3, len(rows) // 2))  # best and worst do not overlap
 
     trend_rows = []
     for start, end in depth_bins_ranges(depth_bins, n_layers):
@@ -205,8 +206,8 @@ def cross_seed_consistency(
         "topk": pd.DataFrame(topk_rows),
         "topk_ks": topk_ks,
         "distribution": distribution,
-        "best_layers": rows[::-1][:3],
-        "worst_layers": rows[:3],
+        "best_layers": rows[::-1][:n_listed],
+        "worst_layers": rows[:n_listed],
         "trend": pd.DataFrame(trend_rows),
     }
 
