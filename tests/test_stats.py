@@ -264,9 +264,7 @@ def test_global_topk_is_over_all_heads_with_an_exact_p():
     assert list(glob.index) == [2, 3, 4]
     assert glob.loc[3, "mean_overlap"] == pytest.approx(2 / 3)
     assert glob.loc[3, "random_expected"] == pytest.approx(3 / 12)
-    p_ref = sum(__import__("math").comb(3, j) * __import__("math").comb(9, 3 - j) for j in (2, 3)) / __import__(
-        "math"
-    ).comb(12, 3)
+    p_ref = sum(math.comb(3, j) * math.comb(9, 3 - j) for j in (2, 3)) / math.comb(12, 3)  # P(shared >= 2)
     assert glob.loc[3, "p_value"] == pytest.approx(p_ref)
     ks = out["topk_ks"]
     assert ks["per_layer"] == [2, 3] and ks["skipped_per_layer"] == [4, 12] and ks["skipped_global"] == [12]
