@@ -90,3 +90,15 @@ def test_tables_round_trip(tmp_path):
     diagnostics.write_tables(tables, tmp_path)
     back = diagnostics.read_tables(tmp_path)
     assert back["a"].equals(tables["a"]) and back["b"] == {"k": 1} and np.array_equal(back["c"], np.eye(3))
+
+
+def test_depth_bins_ranges_are_checked_against_the_model_before_any_rule():
+    from headattr.config import validate_config
+    from headattr.errors import ConfigError
+
+    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, 4]]}}, ".")  # the demo model: 4 layers
+    assert ok["diagnostics"]["depth_bins"] == [[0, 1], [1, 4]]
+    with pytest.raises(ConfigError, match=r"diagnostics.depth_bins: \[\[0, 6\], \[6, 16\]\]"):
+        validate_config({"diagnostics": {"depth_bins": [[0, 6], [6, 16]]}}, ".")
+    with pytest.raises(ConfigError, match="diagnostics.depth_bins"):
+        validate_config({"diagnostics": {"depth_bins": [[0]]}}, ".")
