@@ -1,5 +1,7 @@
 """IG to a completeness tolerance (ig.tol): steps per path, closed-form integrands, the cap, gather, config."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from headattr.methods.paths import GatePaths, make_paths
 from headattr.models.adapters import Adapter
 from headattr.shards import gather
 
+REPO = Path(__file__).resolve().parents[1]
 COEF = torch.linspace(0.5, 1.5, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
 
 
@@ -112,7 +115,7 @@ def test_gather_keeps_steps_used_per_path():
 
 
 def _config(**ig):
-    return validate_config({"ig": ig}, ".")
+    return validate_config({"ig": ig}, REPO)
 
 
 def test_tol_enters_the_settings_only_when_set():
@@ -125,4 +128,4 @@ def test_max_steps_below_steps_is_a_config_error():
     config = _config()
     config["ig"] |= {"tol": 1e-3, "steps": 16, "max_steps": 8}
     with pytest.raises(ConfigError, match="ig.max_steps"):
-        check_config(config, ".")
+        check_config(config, REPO)

@@ -1,11 +1,14 @@
 """Diagnostics find planted structure in synthetic dumps, and write/read their tables losslessly."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from headattr import diagnostics
 
+REPO = Path(__file__).resolve().parents[1]
 L, H, N, P = 6, 5, 12, 2
 SPECIFIC = {(1, 2), (4, 0), (5, 3)}
 
@@ -96,9 +99,9 @@ def test_depth_bins_ranges_are_checked_against_the_model_before_any_rule():
     from headattr.config import validate_config
     from headattr.errors import ConfigError
 
-    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, 4]]}}, ".")  # the demo model: 4 layers
+    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, 4]]}}, REPO)  # the demo model: 4 layers
     assert ok["diagnostics"]["depth_bins"] == [[0, 1], [1, 4]]
     with pytest.raises(ConfigError, match=r"diagnostics.depth_bins: \[\[0, 6\], \[6, 16\]\]"):
-        validate_config({"diagnostics": {"depth_bins": [[0, 6], [6, 16]]}}, ".")
+        validate_config({"diagnostics": {"depth_bins": [[0, 6], [6, 16]]}}, REPO)
     with pytest.raises(ConfigError, match="diagnostics.depth_bins"):
-        validate_config({"diagnostics": {"depth_bins": [[0]]}}, ".")
+        validate_config({"diagnostics": {"depth_bins": [[0]]}}, REPO)
