@@ -2,6 +2,7 @@
 
     python bench/bench_ig.py --size minilm            # CPU, a few minutes on 2 cores
     python bench/bench_ig.py --size 8b --device cuda  # LLaDA-8B-shaped LLaMA, bf16 autocast, SDPA
+    python bench/bench_ig.py --size tiny --completeness 1e-3   # time to completeness <= 1e-3 (plain vs engine)
 
 Implementations (all give the same attributions; checked to ``--rtol`` of the largest |attribution|):
 - ``engine``: :class:`headattr.engine.GateEngine` + :func:`headattr.methods.ig.integrated_gradients`, rows per
@@ -19,6 +20,12 @@ Implementations (all give the same attributions; checked to ``--rtol`` of the la
 - ``captum``: ``captum.attr.IntegratedGradients`` (method ``riemann_right``, baseline 0, ``internal_batch_size``)
   over a gates -> loss function; per-layer IG is one Captum call per layer whose input is that layer's gates
   (one row per mask probability) with the other gates fixed at 1. Parameters frozen, full logits.
+
+``--completeness TOL`` times instead how long each takes to reach a relative completeness gap <= TOL on every
+path (|gap| / max(|dL|, 1e-3), as ``ig.tol``): the plain loop with ``riemann_right`` (the users' rule) rerun at
+doubled steps until it gets there (plus the path-start losses it needs to check), against the engine with its
+best rule (``gauss_legendre`` under :func:`headattr.methods.adaptive.adaptive_integrated_gradients`, steps
+doubled per path); one run, side by side, ratio printed.
 
 FLOPs are derived from the model config by :mod:`headattr.cost` for what each implementation executes
 (layer forward 2 x matmul-params x T + 4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls
@@ -50,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headattr.cost import ModelDims, choose_rows, ig_cost, row_bytes  # noqa: E402
 from headattr.data.samples import Sample  # noqa: E402
 from headattr.engine import GateEngine, default_memory_budget  # noqa: E402
+from headattr.methods.adaptive import DEFAULT_GAP_FLOOR, adaptive_integrated_gradients, relative_gap  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.paths import make_paths  # noqa: E402
 from headattr.methods.stp import stp_layer_paths, stp_paths  # noqa: E402
@@ -343,6 +351,90 @@ def engine_stp(adapter, scored_list, method, steps, prefix, autocast_dtype, budg
         return out
     finally:
         engine.close()
+def plain_losses(model, adapter, scored, gate_rows, autocast) -> np.ndarray:
+    """Loss of every p under each gate matrix in ``gate_rows`` [R, L, H], one full forward each: [n_p, R]."""
+    device = next(model.parameters()).device
+    hook = HeadGates(adapter)
+    out = np.zeros((scored.n_p, len(gate_rows)))
+    try:
+        with torch.no_grad():
+            for p in range(scored.n_p):
+                for r, gates in enumerate(gate_rows):
+                    hook.gates = gates.to(device)
+                    with autocast():
+                        logits = model(input_ids=scored.input_ids[p : p + 1].to(device)).logits
+                        out[p, r] = float(row_loss(logits, scored, torch.tensor([p]))[0])
+    finally:
+        hook.remove()
+    return out
+
+
+def plain_to_tolerance(model, adapter, scored_list, method, tol, steps, max_steps, autocast) -> tuple[int, float]:
+    """Plain loop with riemann_right at steps, 2 steps, ... until every path's relative gap <= tol: (steps, gap)."""
+    paths = make_paths(method, adapter.n_layers, adapter.n_heads)
+    ends = [
+        plain_losses(model, adapter, s, torch.cat([torch.ones(1, *paths.start.shape[1:]), paths.start]), autocast)
+        for s in scored_list
+    ]
+    while True:
+        worst = 0.0
+        for scored, losses in zip(scored_list, ends, strict=True):
+            ig = plain_loop(model, adapter, [scored], method, steps, autocast)[0]  # [n_p, L, H]
+            sums = ig.sum(-1) if method == "per_layer" else ig.sum((1, 2))[:, None]  # [n_p, Q]
+            delta = losses[:, :1] - losses[:, 1:]
+            worst = max(worst, float(relative_gap(sums - delta, delta, DEFAULT_GAP_FLOOR).max()))
+        if worst <= tol or steps >= max_steps:
+            return steps, worst
+        steps = min(2 * steps, max_steps)
+
+
+def engine_to_tolerance(adapter, scored_list, method, tol, steps, max_steps, autocast_dtype, budget):
+    """The engine's adaptive IG with gauss_legendre: (largest steps used, largest relative gap)."""
+    engine = GateEngine(adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, memory_budget=budget)
+    paths = make_paths(method, adapter.n_layers, adapter.n_heads)
+    used, worst = 0, 0.0
+    try:
+        for scored in scored_list:
+            res = adaptive_integrated_gradients(engine, scored, paths, "gauss_legendre", steps, tol, max_steps)
+            delta = res.loss_full[:, None] - res.loss_base
+            used = max(used, int(res.extras["steps_used"].max()))
+            worst = max(worst, float(relative_gap(res.gap, delta, DEFAULT_GAP_FLOOR).max()))
+    finally:
+        engine.close()
+    return used, worst
+
+
+def completeness_race(args, model, adapter, scored_list, autocast, autocast_dtype, budget, device) -> int:
+    """Time to a relative completeness gap <= args.completeness: plain riemann_right doubling vs the engine."""
+    clock = args.clock
+    print(
+        f"\ntime to completeness <= {args.completeness:g} ({clock} time; relative gap |gap| / max(|dL|, "
+        f"{DEFAULT_GAP_FLOOR:g}), worst path; start {args.steps} steps, cap {args.max_steps})"
+    )
+    header = f"{'method':9s} {'impl':36s} {'steps':>6s} {'max rel gap':>12s} {'wall s':>8s} {'cpu s':>8s}"
+    print(header + f" {'x plain':>8s}\n" + "-" * (len(header) + 9))
+    ok = True
+    for method in args.methods:
+        runs = {
+            "plain riemann_right (steps doubled)": lambda m=method: plain_to_tolerance(
+                model, adapter, scored_list, m, args.completeness, args.steps, args.max_steps, autocast
+            ),
+            "engine gauss_legendre (ig.tol)": lambda m=method: engine_to_tolerance(
+                adapter, scored_list, m, args.completeness, args.steps, args.max_steps, autocast_dtype, budget
+            ),
+        }
+        timings = {name: timed(fn, device) for name, fn in runs.items()}
+        plain = timings["plain riemann_right (steps doubled)"]
+        for name, ((steps, gap), wall, cpu, _) in timings.items():
+            secs = {"wall": wall, "cpu": cpu}[clock]
+            ratio = {"wall": plain[1], "cpu": plain[2]}[clock] / secs
+            reached = gap <= args.completeness
+            ok &= reached
+            print(
+                f"{method:9s} {name:36s} {steps:6d} {gap:12.2e} {wall:8.2f} {cpu:8.2f} {ratio:8.2f}"
+                + ("" if reached else "  (cap hit)")
+            )
+    return 0 if ok else 1
 
 
 def timed(fn, device):
@@ -394,6 +486,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak for the MFU column (default: by GPU name)")
     parser.add_argument("--rtol", type=float, help="agreement tolerance relative to max |IG| (1e-5; 3e-2 for bf16)")
+    parser.add_argument(
+        "--completeness", type=float, help="time to a relative completeness gap <= this instead (plain vs engine)"
+    )
+    parser.add_argument("--max-steps", type=int, default=4096, help="step cap of --completeness")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
 
@@ -419,6 +515,9 @@ def main(argv=None) -> int:
     scored_list = make_scored(adapter, s["seq_len"], model.config.vocab_size, args.mask_probs, args.samples)
     dims = ModelDims.from_config(model.config, 2 if (big or autocast_dtype) else 4)
     budget = int(args.memory_budget_gib * 2**30) if args.memory_budget_gib else default_memory_budget(device)
+    if args.completeness:
+        print(f"size={args.size}: {dims.n_layers} layers x {dims.n_heads} heads, T={s['seq_len']}, device={device}")
+        return completeness_race(args, model, adapter, scored_list, autocast, autocast_dtype, budget, device)
     t = s["seq_len"]
     n_scored = float(np.mean([n for sc in scored_list for n in sc.n_scored]))
     on_gpu_fused = device.type == "cuda"

@@ -22,6 +22,7 @@ from .dumps import load_npz, save_npz
 from .engine import GateEngine
 from .errors import ConfigError
 from .methods.ablation import leave_one_out
+from .methods.adaptive import adaptive_integrated_gradients
 from .methods.first_order import first_order
 from .methods.ig import SampleAttribution, integrated_gradients
 from .methods.paths import MODES, make_paths
@@ -151,6 +152,8 @@ def _method(engine: GateEngine, scored, settings: AttributionSettings) -> Sample
             outside = torch.ones(adapter.n_layers, dtype=torch.bool)
             outside[layers] = False
             paths.start[:, outside] = 1.0  # heads outside the range stay on
+        if opts.get("tol") is not None:  # ig.tol: steps raised per path until completeness holds to tol
+            return adaptive_integrated_gradients(engine, scored, paths, settings.rule, settings.steps, **opts)
         return integrated_gradients(engine, scored, paths, settings.rule, settings.steps)
     if settings.method in STP_MODES:
         o = {**STP_DEFAULTS, **opts}

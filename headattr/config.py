@@ -103,7 +103,8 @@ def method_settings(config: dict, method: str) -> dict:
             "steps": g["steps"],
             "baseline": g["baseline"],
             "lambdas": g["lambdas"] if method == "layered" else None,
-            "options": {},
+            # ig.tol null leaves the options (and so the artifact keys) of configs without it unchanged
+            "options": {k: g[k] for k in ("tol", "max_steps", "gap_floor")} if g.get("tol") is not None else {},
         }
     if method in STP_METHODS:
         options = {k: g[k] for k in ("path_samples", "path_seed", "stp_rule")}
@@ -236,6 +237,12 @@ def diagnostic_groups(config: dict) -> dict:
     return out
 
 
+def _floor_if_set(config: dict) -> dict:
+    """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
+    floor = config["ig"].get("gap_floor", 0.01)
+    return {} if floor == 0.01 else {"gap_floor": floor}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -243,7 +250,7 @@ def report_key(config: dict) -> str:
         config["run"],
         {
             "ig": [u.keys["ig"] for u in units(config)],
-            "report": config["report"],
+            "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
         },
     )
@@ -303,6 +310,18 @@ def check_config(config: dict, root: Path | str = ".") -> None:
             raise ConfigError(f"model.device: {device!r} requested but CUDA is not available")
     if config["objective"]["kind"] == "causal" and config["objective"]["mask_probs"] != [1.0]:
         config["objective"]["mask_probs"] = [1.0]  # the causal objective does not mask
+    ig = config["ig"]
+    if ig["tol"] is not None and ig["max_steps"] < ig["steps"]:
+        raise ConfigError(f"ig.max_steps: {ig['max_steps']} < ig.steps ({ig['steps']}): ig.tol only raises them")
+    bins = config["diagnostics"]["depth_bins"]
+    if isinstance(bins, list):
+        bad = [b for b in bins if not b[0] < b[1]]
+        config_file = root / Path(model_path).expanduser() / "config.json"
+        if not bad and config_file.is_file():
+            n_layers = model_n_layers(str(config_file.parent))
+            bad = [b for b in bins if b[1] > n_layers]
+        if bad:
+            raise ConfigError(f"diagnostics.depth_bins: {bad} not [start, end) ranges with start < end <= n_layers")
     lambdas = config["ig"]["lambdas"]
     if lambdas is not None and "layered" not in config["ig"]["methods"]:
         raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")

@@ -39,7 +39,8 @@ def _cfg(cfg: dict | None) -> dict:
 
 
 def _ks(ks, n: int) -> tuple[int, ...]:
-    return tuple(k for k in ks if k <= n) or (min(n, 1),)
+    """Ks of a top-K over n heads: K < n (K = n shares every head), else one K = max(1, n // 2)."""
+    return tuple(k for k in ks if k < n) or (max(1, n // 2),)
 
 
 def unit_diagnostics(arrays: dict, cfg: dict | None = None) -> dict:
@@ -72,10 +73,17 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None) -> dict:
     out["category_means"] = pd.concat(
         [_long(m, value="score").assign(category=cat) for cat, m in means.items()], ignore_index=True
     )
+    counts = {cat: cats.count(cat) for cat in dict.fromkeys(cats)}
+    out["category_counts"] = counts
+    out["sample_categories"] = cats
     try:
-        out["category_differences"] = stats.category_differences(per_sample, cats, top=c["top_heads"])
+        diff = stats.category_differences(per_sample, cats, top=c["top_heads"])
+        out["category_differences"] = diff
+        left_out = {cat: counts[cat] for cat in diff.attrs["dropped_categories"]}
+        out["category_differences_note"] = {"tested": [cat for cat in counts if cat not in left_out]}
+        out["category_differences_note"]["left_out"] = left_out
     except ValueError as exc:
-        out["category_differences_note"] = {"skipped": str(exc)}
+        out["category_differences_note"] = {"skipped": str(exc), "left_out": {}}
     if n_p >= 2:
         ratio = stats.mask_ratio_agreement(ig, [float(p) for p in arrays["mask_probs"]], ks=ks[:2])
         out["mask_ratio_agreement"] = ratio["pairs"]
@@ -99,12 +107,12 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
     ps_a = arrays_a["ig"].astype(np.float64).mean(1)
     ps_b = arrays_b["ig"].astype(np.float64).mean(1)
     n_layers, n_heads = ps_a.shape[1:]
-    ks = tuple(k for k in c["topk"] if k < n_heads) or (max(1, n_heads // 2),)
+    bins = c["depth_bins"]
     res = stats.cross_seed_consistency(
         ps_a.mean(0),
         ps_b.mean(0),
-        ks=ks,
-        depth_bins=min(c["depth_bins"], n_layers),
+        ks=c["topk"],
+        depth_bins=min(bins, n_layers) if isinstance(bins, int) else bins,
         n_boot=c["n_boot"],
         n_perm=c["n_perm"],
         seed=c["seed"],
@@ -119,6 +127,7 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
             "worst_layers": res["worst_layers"],
         },
         "topk": res["topk"],
+        "topk_ks": res["topk_ks"],
         "distribution": res["distribution"],
         "trend": res["trend"],
         "scores": pd.DataFrame(
@@ -132,7 +141,9 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
     }
     if min(len(ps_a), len(ps_b)) >= 2:
         out["bootstrap"] = stats.cross_seed_bootstrap(ps_a, ps_b, n_boot=c["n_boot"], seed=c["seed"])
+    ks = res["topk_ks"]["per_layer"]
     k10 = 10 if 10 in ks else ks[-1]
+    per_layer_topk = res["topk"][res["topk"]["scope"] == "per_layer"].set_index("k")
     out["headline"] = {
         "labels": list(labels),
         "mean_layer_pearson": res["summary"]["pearson"]["mean"],
@@ -140,8 +151,8 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
         "n_layers_pearson_above_0.9": res["summary"]["pearson"]["n_above_0.9"],
         "global_pearson": res["global"]["pearson"],
         "global_spearman": res["global"]["spearman"],
-        f"top{k10}_overlap": float(res["topk"].set_index("k").loc[k10, "mean_overlap"]),
-        f"top{k10}_random": float(res["topk"].set_index("k").loc[k10, "random_expected"]),
+        f"top{k10}_overlap": float(per_layer_topk.loc[k10, "mean_overlap"]),
+        f"top{k10}_random": float(per_layer_topk.loc[k10, "random_expected"]),
     }
     return out
 

@@ -321,3 +321,22 @@ def _accepts(fn, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params
+
+
+def prefix_hint(engine, gates: torch.Tensor) -> dict:
+    """Keyword ``from_layer`` for ``engine.losses`` of rows ``gates`` [R, L, H] (empty without prefix caching).
+
+    Row r starts at its first layer with a gate != 1 (all-on rows at the last layer), so an engine with prefix
+    caching runs only the layers from there up. Only for losses: gradients of gates below would read 0.
+    """
+    if not getattr(engine, "prefix_cache", False):
+        return {}
+    changed = (gates != 1).any(-1)  # [R, L]
+    last = torch.full((gates.shape[0],), gates.shape[1] - 1)
+    return {"from_layer": torch.where(changed.any(-1), changed.float().argmax(-1), last).long()}
+
+
+def clear_prefix(engine) -> None:
+    """Drop the engine's cached hidden states of this sample, where it keeps any."""
+    if hasattr(engine, "clear_prefix"):
+        engine.clear_prefix()

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -34,57 +35,107 @@ def head_heatmap(matrix: np.ndarray, title: str, path: str | Path, label: str = 
     return _save(fig, path)
 
 
-def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None) -> Path:
-    """A square matrix (e.g. the per-sample correlation matrix)."""
+def category_order(groups) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Stable order of samples by category (first appearance) and the blocks (category, start, end)."""
+    groups = [str(g) for g in groups]
+    cats = list(dict.fromkeys(groups))
+    order = np.array([i for c in cats for i, g in enumerate(groups) if g == c], dtype=int)
+    blocks, start = [], 0
+    for c in cats:
+        n = groups.count(c)
+        blocks.append((c, start, start + n))
+        start += n
+    return order, blocks
+
+
+def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None, groups=None) -> Path:
+    """A square matrix (e.g. the per-sample correlation matrix); with ``groups`` (a category per row) the rows
+    and columns are ordered by category and the blocks are outlined and named."""
     n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.3 * n), min(10, 1.5 + 0.3 * n)))
-    sns.heatmap(
-        matrix,
-        ax=ax,
-        cmap="viridis",
-        center=center,
-        cbar_kws={"label": label},
-        xticklabels=n <= 30,
-        yticklabels=n <= 30,
-    )
+    blocks = []
+    if groups is not None and len(groups) == n:
+        order, blocks = category_order(groups)
+        matrix = matrix[np.ix_(order, order)]
+    fig, ax = plt.subplots(figsize=(min(12, 3 + 0.3 * n), min(10, 2.5 + 0.3 * n)))
+    sns.heatmap(matrix, ax=ax, cmap="viridis", center=center, cbar_kws={"label": label}, square=True)
+    if blocks:
+        for _, start, end in blocks:
+            ax.add_patch(plt.Rectangle((start, start), end - start, end - start, fill=False, ec="white", lw=1.5))
+        mids = [(start + end) / 2 for _, start, end in blocks]
+        names = [f"{c} ({end - start})" for c, start, end in blocks]
+        ax.set_xticks(mids, names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(mids, names, rotation=0, fontsize=8)
+        ax.set_xlabel("samples by category (n)")
+    else:
+        step = max(1, n // 16)
+        ticks = np.arange(0, n, step)
+        ax.set_xticks(ticks + 0.5, ticks, fontsize=8)
+        ax.set_yticks(ticks + 0.5, ticks, fontsize=8)
+        ax.set_xlabel("sample")
     ax.set_title(title)
     return _save(fig, path)
 
 
+def histogram_bins(n: int) -> int:
+    """Bins for n values: the Rice rule 2 n^(1/3), between 5 and 40 (6 for 16 heads, 21 for 1024)."""
+    return int(np.clip(np.ceil(2 * max(n, 1) ** (1 / 3)), 5, 40))
+
+
 def variance_histogram(variance: np.ndarray, thresholds, title: str, path) -> Path:
-    """Histogram of per-head variance across samples, with the report's thresholds marked."""
+    """Histogram of per-head variance across samples, with the report's thresholds marked and labelled."""
+    values = np.ravel(variance)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    sns.histplot(np.ravel(variance), ax=ax, bins=40)
-    for thr in thresholds:
-        ax.axvline(thr, color="crimson", ls="--", lw=1)
+    sns.histplot(values, ax=ax, bins=histogram_bins(values.size))
+    for thr, color in zip(thresholds, sns.color_palette("flare", len(thresholds)), strict=True):
+        n_above = int((values > thr).sum())
+        ax.axvline(thr, color=color, ls="--", lw=1.2, label=f"{thr:g}: {n_above}/{values.size} heads above")
+    if len(thresholds):
+        ax.legend(fontsize=8, title="threshold", title_fontsize=8)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("variance of the head's score across samples")
+    ax.set_ylabel("heads")
     ax.set_title(title)
     return _save(fig, path)
 
 
 def convergence_plot(curve, title: str, path) -> Path:
-    """Agreement of the first-n-sample mean with the all-N mean vs n, with bootstrap bands."""
+    """Agreement of the first-n-sample mean with the all-N mean vs n, with bootstrap bands; a tick at every n."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for metric, part in curve.groupby("metric"):
-        ax.plot(part["n"], part["mean"], marker="o", label=metric)
+        ax.plot(part["n"], part["mean"], marker="o", label=metric.replace("_", " "))
         ax.fill_between(part["n"], part["lo"], part["hi"], alpha=0.2)
+    ns = sorted({int(n) for n in curve["n"]})
     ax.set_xscale("log")
-    ax.set_xlabel("samples n")
+    ax.xaxis.set_major_locator(FixedLocator(ns))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel(f"samples n (of N = {ns[-1]})")
     ax.set_ylabel("agreement with all N")
     ax.legend(fontsize=8)
-    ax.set_title(title)
+    ax.set_title(f"{title}, N = {ns[-1]}")
     return _save(fig, path)
 
 
 def seed_scatter(scores, labels, title: str, path) -> Path:
-    """Head scores of two seeds against each other, coloured by layer."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    sns.scatterplot(data=scores, x="score_a", y="score_b", hue="layer", palette="viridis", s=14, ax=ax, legend=False)
-    lo = float(min(scores["score_a"].min(), scores["score_b"].min()))
-    hi = float(max(scores["score_a"].max(), scores["score_b"].max()))
+    """Importance (-IG, as in the heatmaps) of every head under two seeds, coloured by layer, with Pearson r."""
+    x, y = -scores["score_a"].to_numpy(dtype=float), -scores["score_b"].to_numpy(dtype=float)
+    layers = scores["layer"].to_numpy()
+    n_layers = int(layers.max()) + 1
+    fig, ax = plt.subplots(figsize=(5.2, 4.5))
+    cmap = plt.get_cmap("viridis", n_layers)
+    points = ax.scatter(x, y, c=layers, cmap=cmap, vmin=-0.5, vmax=n_layers - 0.5, s=14 if x.size <= 256 else 5)
+    bar = fig.colorbar(points, ax=ax, label="layer")
+    bar.locator = MaxNLocator(integer=True, nbins=min(n_layers, 8))
+    bar.update_ticks()
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-    ax.set_xlabel(f"IG score, {labels[0]}")
-    ax.set_ylabel(f"IG score, {labels[1]}")
+    r = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
+    ax.text(0.03, 0.95, f"r = {r:.3f} ({x.size} heads)", transform=ax.transAxes, va="top", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_xlabel(f"importance (-IG), {labels[0]}")
+    ax.set_ylabel(f"importance (-IG), {labels[1]}")
     ax.set_title(title)
     return _save(fig, path)
 
@@ -95,6 +146,7 @@ def layer_consistency(per_layer, title: str, path) -> Path:
     ax.plot(per_layer["layer"], per_layer["pearson"], marker="o", label="Pearson")
     ax.plot(per_layer["layer"], per_layer["spearman"], marker="s", label="Spearman")
     ax.axhline(0.9, color="grey", ls="--", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer")
     ax.set_ylabel("correlation between seeds")
     ax.legend(fontsize=8)
@@ -103,28 +155,59 @@ def layer_consistency(per_layer, title: str, path) -> Path:
 
 
 def topk_bars(topk, title: str, path) -> Path:
-    """Mean top-K overlap between seeds vs the exact random expectation."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """Mean top-K overlap between seeds vs the exact random expectation, per layer and global (``scope``)."""
+    scope = topk["scope"] if "scope" in topk else ["per_layer"] * len(topk)
+    names = [f"top-{k}\n{str(s).replace('_', ' ')}" for k, s in zip(topk["k"], scope, strict=True)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(topk) + 2), 3.5))
     x = np.arange(len(topk))
     ax.bar(x - 0.2, 100 * topk["mean_overlap"], width=0.4, label="seeds")
-    ax.bar(x + 0.2, 100 * topk["random_expected"], width=0.4, label="random (k/n)")
-    ax.set_xticks(x, [f"top-{k}" for k in topk["k"]])
+    ax.bar(x + 0.2, 100 * topk["random_expected"], width=0.4, label="random (exact)")
+    ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("overlap (%)")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 119)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     ax.set_title(title)
     return _save(fig, path)
 
 
-def category_heatmaps(category_means, title: str, path) -> Path:
-    """One layer x head heatmap of mean importance per data category, on a shared scale."""
+def category_heatmaps(category_means, title: str, path, counts: dict | None = None) -> Path:
+    """One layer x head heatmap of mean importance (-IG) per data category on a shared, labelled colour scale;
+    ``counts`` (category -> samples) puts n in each panel's title."""
     cats = list(dict.fromkeys(category_means["category"]))
-    fig, axes = plt.subplots(1, len(cats), figsize=(3.2 * len(cats) + 1, 3.2), squeeze=False)
+    n_layers = int(category_means["layer"].max()) + 1
+    n_heads = int(category_means["head"].max()) + 1
+    side = float(np.clip(0.12 * max(n_layers, n_heads), 2.6, 5.0))
+    fig, axes = plt.subplots(
+        1,
+        len(cats) + 1,
+        figsize=(side * len(cats) + 1.2, side + 0.9),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * len(cats) + [0.06]},
+    )
     lim = float(np.nanmax(np.abs(category_means["score"]))) or 1.0
-    for ax, cat in zip(axes[0], cats, strict=True):
+    step = max(1, max(n_layers, n_heads) // 8)
+    for i, (ax, cat) in enumerate(zip(axes[0][:-1], cats, strict=True)):
         part = category_means[category_means["category"] == cat]
         mat = part.pivot(index="layer", columns="head", values="score").to_numpy()
-        sns.heatmap(-mat, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar=False)
-        ax.set_title(cat or "(none)")
+        sns.heatmap(
+            -mat,
+            ax=ax,
+            cmap="RdBu_r",
+            center=0,
+            vmin=-lim,
+            vmax=lim,
+            cbar=i == len(cats) - 1,
+            cbar_ax=axes[0][-1] if i == len(cats) - 1 else None,
+            cbar_kws={"label": "importance (-IG)"},
+            xticklabels=step,
+            yticklabels=step,
+            square=True,
+        )
+        n = (counts or {}).get(cat)
+        ax.set_title(f"{cat or '(none)'}" + (f" (n = {n})" if n is not None else ""), fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+        ax.tick_params(labelsize=7)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -1,4 +1,5 @@
-"""The run's report: a markdown file with tables and figures, and the machine-readable summary.json."""
+"""The run's report: report.md rendered from the template report/report.md.j2 (its whole shape is there), its
+figures and the machine-readable summary.json. Python computes tables (as markdown strings) and draws figures."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pandas as pd
 import yaml
 
 from .aggregate import score_matrix
-from .dumps import atomic_write
+from .dumps import atomic_write, load_npz, read_meta
+from .methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from .plots import (
     category_heatmaps,
     convergence_plot,
@@ -23,6 +25,9 @@ from .plots import (
 )
 from .workflow import write_json
 
+TEMPLATE = Path(__file__).resolve().parents[1] / "report" / "report.md.j2"
+DEFAULT_GAP_THRESHOLD = 0.01
+
 
 def _wall_time(benchmark_tsvs) -> float | None:
     """Total seconds of a unit's attribution jobs (one benchmark file per shard)."""
@@ -34,26 +39,64 @@ def _wall_time(benchmark_tsvs) -> float | None:
 
 # methods whose scores obey no sum rule: their "gap" columns are not completeness gaps (reported as null)
 NO_COMPLETENESS = ("first_order", "leave_one_out")
+GAP_KEYS = ("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median", "n_over_threshold", "n_rows")
 
 
-def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
+def completeness_digest(comp: pd.DataFrame, floor: float, threshold: float, steps_used=None, ig_opts=None) -> dict:
+    """Absolute and floored relative gaps of one dump's completeness table, and the paths that hit ig.max_steps.
+
+    ``steps_used`` [N, P, Q] (ig.tol's ``extra_steps_used``, same row order as the table) and ``ig_opts`` (the
+    dump's tol / max_steps) add ``steps_min``/``steps_max`` and ``capped``: paths at max_steps still above tol.
+    """
+    rel = relative_gap(comp["gap"], comp["delta_loss"], floor)
+    out = {
+        "gap_abs_max": float(comp["gap"].abs().max()),
+        "gap_abs_median": float(comp["gap"].abs().median()),
+        "gap_rel_max": float(rel.max()),
+        "gap_rel_median": float(np.median(rel)),
+        "n_over_threshold": int((rel > threshold).sum()),
+        "n_rows": len(comp),
+    }
+    if steps_used is not None:
+        steps = np.asarray(steps_used).ravel()
+        tol, cap = ig_opts["tol"], ig_opts["max_steps"]
+        capped = (steps >= cap) & (rel > tol)
+        out |= {
+            "steps_min": int(steps.min()),
+            "steps_max": int(steps.max()),
+            "tol": tol,
+            "max_steps": cap,
+            "capped": sorted(set(comp["path"].astype(str)[capped])),
+        }
+    return out
+
+
+def unit_summary(
+    unit: dict,
+    heads_csv,
+    completeness_csv,
+    top_k: int,
+    dump_path=None,
+    floor: float = DEFAULT_GAP_FLOOR,
+    threshold: float = DEFAULT_GAP_THRESHOLD,
+) -> dict:
     """Digest of one (seed, method): sample count, completeness gaps, top heads, wall time."""
     heads = pd.read_csv(heads_csv)
-    comp = pd.read_csv(completeness_csv)
     top = heads.sort_values("rank").head(top_k)
+    if unit["method"] in NO_COMPLETENESS:
+        completeness = dict.fromkeys(GAP_KEYS)
+    else:
+        dump = load_npz(dump_path) if dump_path is not None else {}
+        opts = read_meta(dump).get("settings", {}).get("options", {})
+        completeness = completeness_digest(
+            pd.read_csv(completeness_csv), floor, threshold, dump.get("extra_steps_used"), opts
+        )
     return {
         "seed": unit["seed"],
         "method": unit["method"],
         "key": unit["key"],
         "n_samples": int(heads["n_samples"].iloc[0]),
-        "completeness": {
-            "gap_abs_max": float(comp["gap"].abs().max()),
-            "gap_abs_median": float(comp["gap"].abs().median()),
-            "gap_rel_max": float(comp["rel_gap"].max()),
-            "gap_rel_median": float(comp["rel_gap"].median()),
-        }
-        if unit["method"] not in NO_COMPLETENESS
-        else dict.fromkeys(("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median")),
+        "completeness": completeness,
         "top_heads": [
             {"label": r.label, "layer": int(r.layer), "head": int(r.head), "importance": float(r.importance)}
             for r in top.itertuples()
@@ -63,14 +106,50 @@ def unit_summary(unit: dict, heads_csv, completeness_csv, top_k: int) -> dict:
     }
 
 
-def _na(value):
-    """Completeness of a method without a sum rule is shown as n/a."""
-    return "n/a" if value is None else value
+def gap_advice(ig_cfg: dict) -> str:
+    """What to change when completeness gaps are large, given the run's ig settings."""
+    steps = [f"raise `ig.steps` (now {ig_cfg.get('steps')})"]
+    if ig_cfg.get("rule") != "gauss_legendre":
+        steps.append(f"use `ig.rule: gauss_legendre` (now {ig_cfg.get('rule')}; it converges fastest)")
+    if ig_cfg.get("tol") is None:
+        steps.append("set `ig.tol: 1e-3` to raise the steps per path until the gap is below it")
+    else:
+        steps.append(f"raise `ig.max_steps` (now {ig_cfg.get('max_steps')})")
+    return "Advice: " + "; or ".join(steps) + "."
+
+
+def tokenize_counts(tokens_path) -> dict:
+    """Every ``n_*`` count and every ``skipped`` reason that the tokens artifact's meta records."""
+    meta = read_meta(load_npz(tokens_path)).get("tokenize", {})
+    counts = {k: v for k, v in meta.items() if k.startswith("n_")}
+    skipped = meta.get("skipped") or {}
+    return counts | {f"skipped: {reason}": n for reason, n in skipped.items()}
+
+
+def data_section(token_sets: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows per (seed, role): asked, every tokenize count; notes for each reduction (fewer kept than asked)."""
+    rows, notes = [], []
+    for ts in token_sets:
+        counts = tokenize_counts(ts["path"])
+        rows.append({"seed": ts["seed"], "samples": ts["role"], "asked": ts["asked"], **counts})
+        kept = counts.get("n_kept")
+        cuts = {k: v for k, v in counts.items() if k not in ("n_in", "n_kept") and v}
+        if cuts or (kept is not None and kept < ts["asked"]):
+            why = ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in cuts.items())
+            notes.append(
+                f"seed {ts['seed']}, {ts['role']} samples: {kept} of {ts['asked']} asked"
+                f" ({counts.get('n_in', '?')} records drawn{'; ' + why if why else ''})"
+            )
+    table = pd.DataFrame(rows).fillna(0)
+    for col in table.columns:
+        if col.startswith(("n_", "skipped")) or col == "asked":
+            table[col] = table[col].astype(int)
+    return table, notes
 
 
 def _md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
@@ -85,10 +164,10 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}%"
 
 
-def unit_section(unit: dict, diag: dict, figures_dir: Path, thresholds) -> tuple[str, list[str]]:
-    """Report 1's per-sample sections for one (method, seed)."""
-    tag = f"{unit['method']}_seed{unit['seed']}"
-    lines = [f"#### 1-vs-N sample agreement ({unit['method']}, seed {unit['seed']})\n"]
+def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds) -> dict:
+    """Report 1's tables and figures for one (method, seed)."""
+    method, seed = unit["method"], unit["seed"]
+    tag = f"{method}_seed{seed}"
     sc = diag["sample_count"]
     topcol = next(c for c in sc.columns if c.startswith("top") and c.endswith("_overlap"))
     table = pd.DataFrame(
@@ -104,156 +183,134 @@ def unit_section(unit: dict, diag: dict, figures_dir: Path, thresholds) -> tuple
             "max (n / N)": [f"{a:.3f} / {b:.3f}" for a, b in zip(sc["subset_max"], sc["full_max"], strict=True)],
         }
     )
-    lines += [_md_table(table), ""]
-    figs = []
-    conv = figures_dir / f"convergence_{tag}.png"
-    convergence_plot(diag["convergence"], f"{unit['method']}, seed {unit['seed']}", conv)
-    lines += [
-        f"![convergence](figures/{conv.name})\n",
-        "Agreement of the first n samples with all N, with bootstrap bands over sample orderings.\n",
-    ]
-    figs.append(conv.name)
+    out = {"method": method, "seed": seed, "sample_count": _md_table(table), "n_heads": diag["head_variance"].size}
+    out["convergence"] = f"convergence_{tag}.png"
+    convergence_plot(diag["convergence"], f"{method}, seed {seed}", figures_dir / out["convergence"])
+    counts = diag.get("category_counts", {})
+    out["correlation"] = None
     if "sample_correlation" in diag:
         summ = diag["sample_correlation_summary"]
-        lines += [
-            "#### Per-sample correlation\n",
-            f"Pearson between samples' IG vectors, off the diagonal: mean {_fmt(summ['mean'])}, "
-            f"min {_fmt(summ['min'])}, max {_fmt(summ['max'])}.\n",
-        ]
-        corr = figures_dir / f"sample_correlation_{tag}.png"
-        matrix_heatmap(diag["sample_correlation"], f"per-sample Pearson, {unit['method']} seed {unit['seed']}", corr)
-        lines += [
-            f"![sample correlation](figures/{corr.name})\n",
-            "How alike the samples' head attributions are; a uniform matrix means a model-wide pattern.\n",
-        ]
-        figs.append(corr.name)
+        name = f"sample_correlation_{tag}.png"
+        matrix_heatmap(
+            diag["sample_correlation"],
+            f"per-sample Pearson, {method} seed {seed}",
+            figures_dir / name,
+            groups=diag.get("sample_categories"),
+        )
+        out["correlation"] = {"mean": _fmt(summ["mean"]), "min": _fmt(summ["min"]), "max": _fmt(summ["max"])}
+        out["correlation"]["figure"] = name
     hv = diag["head_variance_summary"]
-    counts = ", ".join(f"{v}/{hv['n_heads']} heads above {k}" for k, v in hv["count_above"].items())
-    lines += ["#### Cross-sample variance per head\n", f"Mean {hv['mean']:.6f}, median {hv['median']:.6f}; {counts}.\n"]
-    hist = figures_dir / f"variance_{tag}.png"
-    variance_histogram(diag["head_variance"], thresholds, f"{unit['method']}, seed {unit['seed']}", hist)
-    top = diag["sample_specific_heads"].head(10)
-    lines += [
-        f"![variance](figures/{hist.name})\n",
-        "Distribution of per-head variance across samples.\n",
-        "Most sample-specific heads:\n",
-        _md_table(top[["label", "variance", "mean"]], ".6f"),
-        "",
-    ]
-    figs.append(hist.name)
-    cat = figures_dir / f"categories_{tag}.png"
-    category_heatmaps(diag["category_means"], f"importance by category, {unit['method']} seed {unit['seed']}", cat)
-    lines += [
-        "#### Head use per data category\n",
-        f"![categories](figures/{cat.name})\n",
-        "Mean importance (-IG) of each head within each data category.\n",
-    ]
-    figs.append(cat.name)
+    hist = f"variance_{tag}.png"
+    variance_histogram(diag["head_variance"], thresholds, f"{method}, seed {seed}", figures_dir / hist)
+    out["variance"] = {
+        "mean": f"{hv['mean']:.6f}",
+        "median": f"{hv['median']:.6f}",
+        "counts": ", ".join(f"{v}/{hv['n_heads']} heads above {k}" for k, v in hv["count_above"].items()),
+        "figure": hist,
+        "top": _md_table(diag["sample_specific_heads"].head(10)[["label", "variance", "mean"]], ".6f"),
+    }
+    cat = f"categories_{tag}.png"
+    category_heatmaps(
+        diag["category_means"], f"importance by category, {method} seed {seed}", figures_dir / cat, counts
+    )
+    note = diag.get("category_differences_note", {})
+    left_out = note.get("left_out", {})
+    out["categories"] = {"figure": cat, "table": None, "tested": ", ".join(note.get("tested", [])), "note": None}
     if "category_differences" in diag:
         diff = diag["category_differences"].head(10)
         cols = ["label"] + [c for c in diff.columns if c.startswith("mean_")] + ["H", "p_value", "q_value"]
-        lines += [
-            "Heads whose attribution differs most between categories (Kruskal-Wallis across samples, BH q-values):\n",
-            _md_table(diff[cols], ".4g"),
-            "",
-        ]
-    if "mask_ratio_agreement" in diag:
-        mr = diag["mask_ratio_agreement"]
-        lines += ["#### Agreement between mask probabilities\n", _md_table(mr, ".4f"), ""]
-    return "\n".join(lines), figs
+        out["categories"]["table"] = _md_table(diff[cols], ".4g")
+    if left_out:
+        listed = ", ".join(f"{c} ({n} sample{'s' * (n != 1)})" for c, n in left_out.items())
+        out["categories"]["note"] = f"Left out of the Kruskal-Wallis test (fewer than 2 samples): {listed}."
+    elif "skipped" in note:
+        out["categories"]["note"] = f"No Kruskal-Wallis test: {note['skipped']}."
+    out["mask_ratio"] = _md_table(diag["mask_ratio_agreement"], ".4f") if "mask_ratio_agreement" in diag else None
+    return out
 
 
-def seed_section(meta: dict, diag: dict, figures_dir: Path) -> tuple[str, list[str]]:
-    """Report 2's sections for one method and pair of seeds."""
+def _topk_notes(ks: dict) -> list[str]:
+    notes = []
+    if ks.get("skipped_per_layer"):
+        notes.append(
+            f"Per-layer K = {', '.join(map(str, ks['skipped_per_layer']))} skipped: not below the {ks['n_heads']} "
+            "heads of a layer (such a K shares every head)."
+        )
+    if ks.get("added_per_layer"):
+        notes.append(f"Per-layer K = {ks['added_per_layer'][0]} used instead (half the heads of a layer).")
+    if ks.get("skipped_global"):
+        notes.append(
+            f"Global K = {', '.join(map(str, ks['skipped_global']))} skipped: not below the {ks['n_all']} heads."
+        )
+    return notes
+
+
+def seed_context(meta: dict, diag: dict, figures_dir: Path) -> dict:
+    """Report 2's tables and figures for one method and pair of seeds."""
     method, a, b = meta["method"], meta["seed_a"], meta["seed_b"]
     tag = f"{method}_seed{a}_vs_seed{b}"
     s = diag["summary"]
     rows = []
     for metric in ("pearson", "spearman"):
         m = s[metric]
-        rows.append(
-            {
-                "metric": metric.capitalize(),
-                "mean": _fmt(m["mean"]),
-                "median": _fmt(m["median"]),
-                "min": _fmt(m["min"]),
-                "max": _fmt(m["max"]),
-                "std": _fmt(m["std"]),
-                "layers > 0.9": f"{m['n_above_0.9']}/{m['n_layers']}",
-            }
-        )
+        row = {"metric": metric.capitalize()} | {k: _fmt(m[k]) for k in ("mean", "median", "min", "max", "std")}
+        if "mean_lo" in m:
+            row["mean 95% CI (over layers)"] = f"[{_fmt(m['mean_lo'])}, {_fmt(m['mean_hi'])}] {m.get('mean_ci', '')}"
+        rows.append(row | {"layers > 0.9": f"{m['n_above_0.9']}/{m['n_layers']}"})
     topk = diag["topk"]
+    if "scope" not in topk:
+        topk = topk.assign(scope="per_layer")
     tk = pd.DataFrame(
         {
+            "scope": topk["scope"].str.replace("_", " "),
             "top-K": [f"Top-{k}" for k in topk["k"]],
-            "mean overlap": topk["mean_overlap"].map(_pct),
+            "overlap": topk["mean_overlap"].map(_pct),
             "random (exact)": topk["random_expected"].map(_pct),
-            "p (permutation)": topk["p_value"],
+            "p": topk["p_value"] if "p_value" in topk else np.nan,
         }
     )
-    dist = diag["distribution"].copy()
-    lines = [
-        f"### {method}: seed {a} vs seed {b}\n",
-        "#### Per-layer correlation\n",
-        _md_table(pd.DataFrame(rows)),
-        "",
-        f"Global (all heads): Pearson {_fmt(s['global']['pearson'])}, Spearman {_fmt(s['global']['spearman'])}.\n",
-    ]
-    if "bootstrap" in diag:
-        lines += [
-            "Bootstrap 95% intervals (resampling samples of each seed):\n",
-            _md_table(diag["bootstrap"], ".4f"),
-            "",
-        ]
-    lines += [
-        "#### Top-K overlap (mean over layers)\n",
-        _md_table(tk, ".3g"),
-        "",
-        "#### Score distributions\n",
-        _md_table(dist, ".6f"),
-        "",
-        "Best layers: "
-        + ", ".join(f"{int(lay)} ({_fmt(r)})" for lay, r in s["best_layers"])
-        + "; worst: "
-        + ", ".join(f"{int(lay)} ({_fmt(r)})" for lay, r in s["worst_layers"])
-        + ".\n",
-        "#### Layer trend\n",
-        _md_table(diag["trend"], ".4f"),
-        "",
-    ]
-    figs = []
-    for name, draw, caption in (
-        (
-            f"seed_scatter_{tag}.png",
-            lambda p: seed_scatter(diag["scores"], [f"seed {a}", f"seed {b}"], method, p),
-            "Each head's score under the two seeds; points on the diagonal agree.",
-        ),
-        (
-            f"layer_consistency_{tag}.png",
-            lambda p: layer_consistency(diag["per_layer"], method, p),
-            "Per-layer correlation between seeds against depth.",
-        ),
-        (f"topk_{tag}.png", lambda p: topk_bars(topk, method, p), "Top-K overlap between seeds vs random rankings."),
-    ):
-        draw(figures_dir / name)
-        lines += [f"![{name}](figures/{name})\n", caption + "\n"]
-        figs.append(name)
-    return "\n".join(lines), figs
+    ks = diag.get("topk_ks", {})
+    best_worst = pd.DataFrame(
+        [{"rank": f"best {i + 1}", **r} for i, r in enumerate(s["best_layers"])]
+        + [{"rank": f"worst {i + 1}", **r} for i, r in enumerate(s["worst_layers"])]
+    )
+    overlap_cols = sorted((c for c in best_worst if c.startswith("top")), key=lambda c: int(c[3:].split("_")[0]))
+    best_worst = best_worst[["rank", "layer", "pearson", "spearman", *overlap_cols]]
+    best_worst = best_worst.rename(columns={c: c.replace("_overlap", " overlap") for c in overlap_cols})
+    out = {
+        "method": method,
+        "seed_a": a,
+        "seed_b": b,
+        "correlation": _md_table(pd.DataFrame(rows)),
+        "global_pearson": _fmt(s["global"]["pearson"]),
+        "global_spearman": _fmt(s["global"]["spearman"]),
+        "bootstrap": _md_table(diag["bootstrap"], ".4f") if "bootstrap" in diag else None,
+        "topk": _md_table(tk, ".3g"),
+        "topk_notes": _topk_notes(ks),
+        "n_heads": ks.get("n_heads", int(diag["scores"]["head"].max()) + 1),
+        "n_all": ks.get("n_all", len(diag["scores"])),
+        "distribution": _md_table(diag["distribution"].copy(), ".6f"),
+        "best_worst": _md_table(best_worst, ".4f"),
+        "trend": _md_table(diag["trend"], ".4f"),
+        "scatter": f"seed_scatter_{tag}.png",
+        "layer_consistency": f"layer_consistency_{tag}.png",
+        "topk_figure": f"topk_{tag}.png",
+    }
+    seed_scatter(diag["scores"], [f"seed {a}", f"seed {b}"], method, figures_dir / out["scatter"])
+    layer_consistency(diag["per_layer"], method, figures_dir / out["layer_consistency"])
+    topk_bars(topk, method, figures_dir / out["topk_figure"])
+    return out
 
 
-def method_section(seed: int, diag: dict) -> str:
-    lines = [
-        f"### Seed {seed}\n",
-        "Sample specificity = mean per-sample Pearson (lower = more sample-specific):\n",
-        _md_table(diag["specificity"], ".4f"),
-        "",
-    ]
-    if "comparison" in diag:
-        lines += ["Agreement between methods (mean scores over samples):\n", _md_table(diag["comparison"], ".4f"), ""]
-    return "\n".join(lines)
+def method_context(seed: int, diag: dict) -> dict:
+    return {
+        "seed": seed,
+        "specificity": _md_table(diag["specificity"], ".4f"),
+        "comparison": _md_table(diag["comparison"], ".4f") if "comparison" in diag else None,
+    }
 
 
-def validation_section(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) -> tuple[str, dict]:
+def validation_context(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) -> tuple[dict, dict]:
     """Pruning validation of one seed: curves figure and methods ranked by faithfulness (AOPC vs random)."""
     name = f"deletion_seed{seed}.png"
     deletion_plot(curves, f"pruning on held-out samples, seed {seed}", figures_dir / name)
@@ -275,19 +332,38 @@ def validation_section(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, f
             ],
         }
     )
-    text = "\n".join(
-        [
-            f"### Seed {seed}\n",
-            f"![deletion](figures/{name})\n",
-            "Held-out loss and accuracy as heads are switched off in each method's order (solid: most important "
-            "first; dashed: least important first) against random orders (grey band).\n",
-            "Methods ranked by faithfulness (higher AOPC - random: removing the heads a method ranks first hurts "
-            "more than removing random heads):\n",
-            _md_table(table, ".4f"),
-            "",
-        ]
+    context = {"seed": seed, "figure": name, "table": _md_table(table, ".4f")}
+    return context, {"seed": seed, "ranking": table.to_dict("records")}
+
+
+def _completeness_rows(summaries: list[dict]) -> pd.DataFrame:
+    def na(value):
+        return "n/a" if value is None else value
+
+    rows = []
+    for s in summaries:
+        c = s["completeness"]
+        row = {"method": s["method"], "seed": s["seed"], "n_samples": s["n_samples"]}
+        row |= {k: na(c[k]) for k in ("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median")}
+        if "steps_max" in c:
+            row["steps (min-max)"] = f"{c['steps_min']}-{c['steps_max']}"
+        rows.append(row | {"wall_time_s": s["wall_time_s"] or float("nan")})
+    return pd.DataFrame(rows)
+
+
+def render(context: dict, template=TEMPLATE) -> str:
+    """report.md from the Jinja2 template and its context (undefined names fail loudly)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(template).parent)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
     )
-    return text, {"seed": seed, "ranking": table.to_dict("records")}
+    return env.get_template(Path(template).name).render(**context)
 
 
 def build_report(
@@ -300,44 +376,49 @@ def build_report(
     seed_pairs: list[dict] = (),
     method_groups: list[dict] = (),
     validation_seeds: list[int] = (),
+    token_sets: list[dict] = (),
+    template=TEMPLATE,
 ) -> dict:
-    """Write report.md, summary.json and figures for every unit, seed pair, method group and validation."""
+    """Write report.md, summary.json and figures for every unit, seed pair, method group and validation.
+
+    ``token_sets``: {seed, role ("attribution" / "held-out"), asked, path (tokens.npz)} for the data section.
+    """
     from .diagnostics import read_tables
 
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    top_k = config.get("report", {}).get("top_k", 10)
+    report_cfg, ig_cfg = config.get("report", {}), config.get("ig", {})
+    top_k = report_cfg.get("top_k", 10)
+    threshold = report_cfg.get("gap_threshold", DEFAULT_GAP_THRESHOLD)
+    floor = ig_cfg.get("gap_floor", DEFAULT_GAP_FLOOR)
     thresholds = config.get("diagnostics", {}).get("variance_thresholds", [0.001, 0.005])
-    summaries, sections, diag_sections = [], [], []
+    summaries, unit_ctx, unit_diags = [], [], []
     unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
-    for unit, heads_csv, comp_csv, diag_dir in zip(units, inputs.heads, inputs.completeness, unit_dirs, strict=True):
-        digest = unit_summary(unit, heads_csv, comp_csv, top_k)
-        name = f"heatmap_{unit['method']}_seed{unit['seed']}"
+    dumps = list(getattr(inputs, "dumps", [None] * len(units)))
+    for unit, heads_csv, comp_csv, diag_dir, dump in zip(
+        units, inputs.heads, inputs.completeness, unit_dirs, dumps, strict=True
+    ):
+        digest = unit_summary(unit, heads_csv, comp_csv, top_k, dump, floor, threshold)
+        name = f"heatmap_{unit['method']}_seed{unit['seed']}.png"
         matrix = score_matrix(pd.read_csv(heads_csv), "importance")
-        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / f"{name}.png")
-        top = pd.DataFrame(digest["top_heads"])[["label", "importance"]]
-        sections.append(
-            f"### {unit['method']}, seed {unit['seed']}\n\n"
-            f"![{name}](figures/{name}.png)\n\n"
-            f"Importance (-IG) of every head; red heads lower the loss when switched on.\n\n"
-            f"Top {top_k} heads:\n\n{_md_table(top)}\n"
-        )
+        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / name)
+        top = _md_table(pd.DataFrame(digest["top_heads"])[["label", "importance"]])
+        unit_ctx.append({"method": unit["method"], "seed": unit["seed"], "heatmap": name, "top": top})
         if diag_dir is not None:
             diag = read_tables(diag_dir)
             digest["diagnostics"] = diag["headline"]
-            text, _ = unit_section(unit, diag, figures_dir, thresholds)
-            diag_sections.append(text)
+            digest["category_test"] = diag.get("category_differences_note", {})
+            unit_diags.append(unit_context(unit, diag, figures_dir, thresholds))
         summaries.append(digest)
-    seed_texts, seed_heads = [], []
+    seed_ctx, seed_heads = [], []
     for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
         diag = read_tables(diag_dir)
-        text, _ = seed_section(meta, diag, figures_dir)
-        seed_texts.append(text)
+        seed_ctx.append(seed_context(meta, diag, figures_dir))
         seed_heads.append({**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, **diag["headline"]})
-    method_texts, method_heads = [], []
+    method_ctx, method_heads = [], []
     for meta, diag_dir in zip(method_groups, getattr(inputs, "method_diag", []), strict=True):
         diag = read_tables(diag_dir)
-        method_texts.append(method_section(meta["seed"], diag))
+        method_ctx.append(method_context(meta["seed"], diag))
         method_heads.append(
             {
                 "seed": meta["seed"],
@@ -345,59 +426,85 @@ def build_report(
                 "comparison": diag["comparison"].to_dict("records") if "comparison" in diag else [],
             }
         )
-    val_texts, val_heads = [], []
+    data_table, data_notes = data_section(list(token_sets))
+    heldout = {ts["seed"]: ts for ts in token_sets if ts["role"] == "held-out"}
+    val_ctx, val_heads = [], []
     for seed, curves_csv, summary_csv in zip(
         validation_seeds, getattr(inputs, "validation", []), getattr(inputs, "validation_summary", []), strict=True
     ):
-        text, head = validation_section(seed, pd.read_csv(curves_csv), pd.read_csv(summary_csv), figures_dir)
-        val_texts.append(text)
+        ctx, head = validation_context(seed, pd.read_csv(curves_csv), pd.read_csv(summary_csv), figures_dir)
+        ctx["heldout"] = "see Data"
+        if seed in heldout:
+            counts = tokenize_counts(heldout[seed]["path"])
+            ctx["heldout"] = f"{counts.get('n_kept', '?')} of {heldout[seed]['asked']} asked (`validation.n_samples`)"
+            head["heldout"] = {"asked": heldout[seed]["asked"], **counts}
+        val_ctx.append(ctx)
         val_heads.append(head)
-    comp_rows = pd.DataFrame(
-        [
-            {
-                "method": s["method"],
-                "seed": s["seed"],
-                "n_samples": s["n_samples"],
-                "gap_abs_max": _na(s["completeness"]["gap_abs_max"]),
-                "gap_abs_median": _na(s["completeness"]["gap_abs_median"]),
-                "gap_rel_max": _na(s["completeness"]["gap_rel_max"]),
-                "wall_time_s": s["wall_time_s"] or float("nan"),
-            }
-            for s in summaries
-        ]
-    )
+    flags, capped = [], []
+    for s in summaries:
+        c = s["completeness"]
+        if c.get("n_over_threshold"):
+            flags.append(
+                {
+                    "method": s["method"],
+                    "seed": s["seed"],
+                    "n_over": c["n_over_threshold"],
+                    "n_rows": c["n_rows"],
+                    "gap_rel_max": f"{c['gap_rel_max']:.3g}",
+                    "gap_abs_max": f"{c['gap_abs_max']:.3g}",
+                    "advice": gap_advice(ig_cfg),
+                }
+            )
+        if c.get("capped"):
+            capped.append(
+                {
+                    "method": s["method"],
+                    "seed": s["seed"],
+                    "n_capped": len(c["capped"]),
+                    "paths": ", ".join(c["capped"]),
+                    "max_steps": c["max_steps"],
+                    "tol": c["tol"],
+                }
+            )
+    if ig_cfg.get("tol") is not None:
+        steps_note = (
+            f"`ig.tol` = {ig_cfg['tol']}: each path starts at {ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes, "
+            f"doubled until its relative gap is <= tol or `ig.max_steps` = {ig_cfg.get('max_steps')} (column steps)"
+        )
+    else:
+        steps_note = f"{ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes per path (`ig.tol` off)"
     summary = {
         "run": config["run"],
+        "data": data_table.to_dict("records"),
+        "data_notes": data_notes,
+        "completeness_flags": [{k: f[k] for k in ("method", "seed", "n_over", "n_rows")} for f in flags],
+        "completeness_capped": [{k: c[k] for k in ("method", "seed", "paths", "max_steps")} for c in capped],
         "units": summaries,
         "seed_consistency": seed_heads,
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
     }
-    postprocess = config.get("report", {}).get("postprocess", "signed")
-    parts = [
-        f"# headattr report: run `{config['run']}`\n",
-        "Scores are the raw IG of the loss over head gates; importance = -IG (a head whose gate lowers the loss "
-        "is important).\n",
-        f"Rankings, heatmaps and pruning orders show postprocess `{postprocess}` (applied per sample to -IG before "
-        "averaging: signed -IG, abs |IG|, relu max(-IG, 0)).\n",
-        "## Completeness\n",
-        "Sum of each path's IG minus (L(all on) - L(path start)), over samples and mask probabilities "
-        "(n/a for first-order and leave-one-out scores, which obey no sum rule).\n",
-        _md_table(comp_rows),
-        "\n## Attribution per method and seed\n",
-        *sections,
-    ]
-    if diag_sections:
-        parts += ["## Per-sample structure (report 1)\n", *diag_sections]
-    if method_texts:
-        parts += ["## Method comparison\n", *method_texts]
-    if seed_texts:
-        parts += ["## Cross-seed consistency (report 2)\n", *seed_texts]
-    if val_texts:
-        parts += ["## Pruning validation\n", *val_texts]
-    if val_texts:
-        parts += ["## Pruning validation\n", *val_texts]
-    parts += ["## Settings\n", "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n"]
-    atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(parts)))
+    context = {
+        "run": config["run"],
+        "postprocess": config.get("report", {}).get("postprocess", "signed"),
+        "data_table": _md_table(data_table) if len(data_table) else "(no tokens artifacts given)",
+        "data_notes": data_notes,
+        "gap_floor": floor,
+        "gap_threshold": threshold,
+        "steps_note": steps_note,
+        "completeness_table": _md_table(_completeness_rows(summaries)),
+        "completeness_flags": flags,
+        "capped": capped,
+        "top_k": top_k,
+        "units": unit_ctx,
+        "unit_diags": unit_diags,
+        "n_boot": config.get("diagnostics", {}).get("n_boot", 200),
+        "method_diags": method_ctx,
+        "seed_diags": seed_ctx,
+        "validations": val_ctx,
+        "settings_yaml": yaml.safe_dump(config, sort_keys=False),
+    }
+    text = render(context, template)
+    atomic_write(report_md, lambda tmp: Path(tmp).write_text(text))
     write_json(summary_path, summary)
     return summary

@@ -15,6 +15,8 @@ import numpy as np
 
 from .errors import DumpError
 
+# extras shaped [N, P, Q] like the gap, gathered with it (ig.tol's steps per path)
+PER_PATH_EXTRAS = ("extra_steps_used",)
 SHARD_RE = re.compile(r"^s(\d+)-(\d+)_l(?:(\d+)-(\d+)|all)$")
 
 
@@ -65,8 +67,9 @@ def gather(shards: list[tuple[str, dict]]) -> tuple[dict, dict]:
                 raise DumpError(f"shards of samples {samples} disagree on sample ids")
         block = {k: first[k] for k in ("sample_ids", "categories", "mask_probs", "loss_full", "n_scored")}
         block["ig"] = np.sum([p["ig"] for p in parts], axis=0, dtype=np.float32)
-        for key in ("loss_base", "ig_sum", "gap"):
-            block[key] = np.concatenate([p[key] for p in parts], axis=2)
+        for key in ("loss_base", "ig_sum", "gap") + PER_PATH_EXTRAS:
+            if key in first:
+                block[key] = np.concatenate([p[key] for p in parts], axis=2)
         block["path_names"] = np.concatenate([p["path_names"] for p in parts])
         blocks.append(block)
     if not blocks:
@@ -74,6 +77,7 @@ def gather(shards: list[tuple[str, dict]]) -> tuple[dict, dict]:
     out = {
         k: np.concatenate([b[k] for b in blocks])
         for k in ("sample_ids", "categories", "ig", "loss_full", "n_scored", "loss_base", "ig_sum", "gap")
+        + tuple(k for k in PER_PATH_EXTRAS if k in blocks[0])
     }
     out["mask_probs"] = blocks[0]["mask_probs"]
     out["path_names"] = blocks[0]["path_names"]

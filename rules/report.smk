@@ -1,3 +1,23 @@
+# tokens artifacts of the run (attribution and held-out, per seed), for the report's data section
+TOKEN_SETS = [
+    {
+        "seed": u.seed,
+        "role": "attribution",
+        "asked": config["data"]["max_samples"],
+        "path": path("tokens", u.keys["tokens"], "tokens.npz"),
+    }
+    for u in {u.seed: u for u in UNITS}.values()
+] + [
+    {
+        "seed": h.seed,
+        "role": "held-out",
+        "asked": config["validation"]["n_samples"],
+        "path": path("tokens", h.keys["tokens"], "tokens.npz"),
+    }
+    for h in HELDOUT
+]
+
+
 rule report:
     input:
         dumps=[path("ig", u.keys["ig"], "dump.npz") for u in UNITS],
@@ -15,6 +35,8 @@ rule report:
         method_diag=[f"{RESULTS}/diagnostics/methods/{k}" for k in DIAG["methods"]],
         validation=[f"{RESULTS}/validation/{k}/curves.csv" for k in VALIDATION],
         validation_summary=[f"{RESULTS}/validation/{k}/summary.csv" for k in VALIDATION],
+        tokens=[ts["path"] for ts in TOKEN_SETS],
+        template=f"{workflow.basedir}/report/report.md.j2",
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",
         summary=f"{RESULTS}/reports/{{key}}/summary.json",
@@ -51,6 +73,7 @@ rule report:
         ],
         method_groups=[{"seed": s} for s, _ in DIAG["methods"].values()],
         validation_seeds=[seed for seed, _, _ in VALIDATION.values()],
+        token_sets=TOKEN_SETS,
         config=config,
     script:
         "../scripts/report.py"

@@ -17,4 +17,6 @@ build_report(
     sm.params.seed_pairs,
     sm.params.method_groups,
     sm.params.validation_seeds,
+    sm.params.token_sets,
+    sm.input.template,
 )

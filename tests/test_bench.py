@@ -23,3 +23,20 @@ def test_benchmark_smoke_all_implementations_agree(capsys):
         ("per_layer", name) for name in ("engine", "engine-igonly", "engine-noprefix", "captum", "plain")
     } | {("joint", name) for name in ("engine", "engine-igonly", "captum", "plain")}
     assert all(row[-1] == "ok" for row in table)
+
+
+def test_time_to_completeness_row_reaches_the_tolerance_both_ways(capsys):
+    argv = ["--size", "llama-smoke", "--steps", "2", "--completeness", "0.3", "--threads", "1", "--clock", "cpu"]
+    assert _bench().main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("per_layer", "joint"))]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("per_layer", "plain"),
+        ("per_layer", "engine"),
+        ("joint", "plain"),
+        ("joint", "engine"),
+    ]
+    for row in rows:
+        steps, gap, ratio = int(row[-5]), float(row[-4]), float(row[-1])
+        assert gap <= 0.3 and steps >= 2 and ratio > 0
+    plain_steps = int(rows[0][-5])
+    assert plain_steps in (2, 4, 8, 16, 32) and int(rows[1][-5]) <= plain_steps  # doubled from 2

@@ -1,11 +1,14 @@
 """Diagnostics find planted structure in synthetic dumps, and write/read their tables losslessly."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from headattr import diagnostics
 
+REPO = Path(__file__).resolve().parents[1]
 L, H, N, P = 6, 5, 12, 2
 SPECIFIC = {(1, 2), (4, 0), (5, 3)}
 
@@ -43,11 +46,28 @@ def test_finds_the_layer_where_two_seeds_disagree():
     a = synthetic_dump(seed=1, specific=False)
     b = synthetic_dump(seed=2, randomize_layer=3, specific=False)
     out = diagnostics.seed_diagnostics(a, b, ("seed1", "seed2"), {"n_boot": 20, "n_perm": 50})
-    assert out["summary"]["worst_layers"][0][0] == 3
+    assert out["summary"]["worst_layers"][0]["layer"] == 3
     assert out["summary"]["pearson"]["n_above_0.9"] == L - 1
     per_layer = out["per_layer"].set_index("layer")["pearson"]
     assert per_layer.drop(3).min() > 0.9 and per_layer[3] < 0.9
-    assert out["topk"]["random_expected"].tolist() == pytest.approx([k / H for k in out["topk"]["k"]])
+    per_layer_topk = out["topk"][out["topk"]["scope"] == "per_layer"]
+    assert per_layer_topk["random_expected"].tolist() == pytest.approx([k / H for k in per_layer_topk["k"]])
+    glob = out["topk"][out["topk"]["scope"] == "global"]
+    assert glob["random_expected"].tolist() == pytest.approx([k / (L * H) for k in glob["k"]])
+
+
+def test_depth_bins_as_explicit_ranges():
+    a, b = synthetic_dump(seed=1, specific=False), synthetic_dump(seed=2, specific=False)
+    out = diagnostics.seed_diagnostics(a, b, cfg={"n_boot": 10, "n_perm": 10, "depth_bins": [[0, 2], [2, 6]]})
+    assert out["trend"]["bin"].tolist() == ["0-1", "2-5"] and out["trend"]["n_layers"].tolist() == [2, 4]
+
+
+def test_one_sample_category_is_named_as_left_out():
+    dump = synthetic_dump()
+    dump["categories"] = np.array(["code"] * 6 + ["math"] * 5 + ["chat"])
+    out = diagnostics.unit_diagnostics(dump, {"n_boot": 10})
+    assert out["category_differences_note"] == {"tested": ["code", "math"], "left_out": {"chat": 1}}
+    assert out["category_counts"] == {"code": 6, "math": 5, "chat": 1}
 
 
 def test_finds_the_category_dependent_head():
@@ -73,3 +93,15 @@ def test_tables_round_trip(tmp_path):
     diagnostics.write_tables(tables, tmp_path)
     back = diagnostics.read_tables(tmp_path)
     assert back["a"].equals(tables["a"]) and back["b"] == {"k": 1} and np.array_equal(back["c"], np.eye(3))
+
+
+def test_depth_bins_ranges_are_checked_against_the_model_before_any_rule():
+    from headattr.config import validate_config
+    from headattr.errors import ConfigError
+
+    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, 4]]}}, REPO)  # the demo model: 4 layers
+    assert ok["diagnostics"]["depth_bins"] == [[0, 1], [1, 4]]
+    with pytest.raises(ConfigError, match=r"diagnostics.depth_bins: \[\[0, 6\], \[6, 16\]\]"):
+        validate_config({"diagnostics": {"depth_bins": [[0, 6], [6, 16]]}}, REPO)
+    with pytest.raises(ConfigError, match="diagnostics.depth_bins"):
+        validate_config({"diagnostics": {"depth_bins": [[0]]}}, REPO)

@@ -1,5 +1,6 @@
 """headattr.stats against independent computations and planted structure."""
 
+import math
 import warnings
 
 import numpy as np
@@ -215,20 +216,20 @@ def test_cross_seed_planted_bad_layer(rng):
     out = hs.cross_seed_consistency(a, b, ks=(5, 10, 20), depth_bins=[[0, 14], [14, 28]], n_perm=200, n_boot=200)
     per_layer = out["per_layer"]
     np.testing.assert_allclose(per_layer["pearson"], [st.pearsonr(x, y).statistic for x, y in zip(a, b, strict=True)])
-    assert out["worst_layers"][0][0] == bad
+    assert out["worst_layers"][0]["layer"] == bad
     assert len(out["worst_layers"]) == len(out["best_layers"]) == 3
     assert out["summary"]["pearson"]["n_above_0.9"] == L - 1
     assert out["summary"]["pearson"]["std"] == pytest.approx(np.std(per_layer["pearson"]))
     assert out["summary"]["pearson"]["mean_lo"] <= out["summary"]["pearson"]["mean"] <= 1
     assert out["global"]["pearson"] == pytest.approx(st.pearsonr(a.ravel(), b.ravel()).statistic)
     assert "top20_overlap" not in per_layer
-    topk = out["topk"].set_index("k")
+    topk = out["topk"][out["topk"]["scope"] == "per_layer"].set_index("k")
     assert list(topk.index) == [5, 10]
     assert topk.loc[10, "random_expected"] == 10 / H
     assert topk.loc[10, "null_mean"] == pytest.approx(10 / H, abs=0.02)
     assert topk.loc[10, "p_value"] == pytest.approx(1 / 201)
     trend = out["trend"]
-    assert list(trend["bin"]) == ["0-14", "14-28"]
+    assert list(trend["bin"]) == ["0-13", "14-27"]  # inclusive layer labels of [0, 14), [14, 28)
     assert trend["pearson"].iloc[1] == pytest.approx(per_layer["pearson"].iloc[14:].mean())
     dist = out["distribution"].set_index("seed")
     assert dist.loc["a", "median"] == pytest.approx(np.median(a)) and dist.loc["b", "std"] == pytest.approx(b.std())
@@ -250,6 +251,66 @@ def test_cross_seed_bootstrap(rng):
     assert df.loc["global_pearson", "estimate"] == pytest.approx(est)
     for metric in ("global_pearson", "mean_layer_pearson"):
         assert df.loc[metric, "lo"] < df.loc[metric, "hi"] <= 1
+
+
+def test_global_topk_is_over_all_heads_with_an_exact_p():
+    """Global top-K ranks all L * H heads together (the users' "Top-30 of 28 heads" row)."""
+    a = np.arange(12.0).reshape(3, 4)  # importance = -score: top-3 of a = flat 0, 1, 2
+    b = a.copy()
+    b.flat[[2, 5]] = b.flat[[5, 2]]  # b's top-3 = flat 0, 1, 3 ... shares 2 of 3 with a
+    b.flat[[3, 5]] = b.flat[[5, 3]]
+    out = hs.cross_seed_consistency(a, b, ks=(2, 3, 4, 12), depth_bins=1, n_perm=0, n_boot=0)
+    glob = out["topk"][out["topk"]["scope"] == "global"].set_index("k")
+    assert list(glob.index) == [2, 3, 4]
+    assert glob.loc[3, "mean_overlap"] == pytest.approx(2 / 3)
+    assert glob.loc[3, "random_expected"] == pytest.approx(3 / 12)
+    p_ref = sum(math.comb(3, j) * math.comb(9, 3 - j) for j in (2, 3)) / math.comb(12, 3)  # P(shared >= 2)
+    assert glob.loc[3, "p_value"] == pytest.approx(p_ref)
+    ks = out["topk_ks"]
+    assert ks["per_layer"] == [2, 3] and ks["skipped_per_layer"] == [4, 12] and ks["skipped_global"] == [12]
+    assert hs.split_ks((5, 10), 3, 4)["per_layer"] == [2] and hs.split_ks((5, 10), 3, 4)["added_per_layer"] == [2]
+
+
+def test_best_and_worst_layers_carry_spearman_and_topk(rng):
+    a = rng.normal(size=(8, 6))
+    b = a + rng.normal(scale=np.linspace(0.01, 2, 8)[:, None], size=(8, 6))
+    out = hs.cross_seed_consistency(a, b, ks=(2, 3), n_perm=0, n_boot=0)
+    per_layer = out["per_layer"].set_index("layer")
+    for row in out["best_layers"] + out["worst_layers"]:
+        ref = per_layer.loc[row["layer"]]
+        assert row["spearman"] == pytest.approx(st.spearmanr(a[row["layer"]], b[row["layer"]]).statistic)
+        assert row["pearson"] == pytest.approx(ref["pearson"]) and row["top3_overlap"] == ref["top3_overlap"]
+    assert [r["layer"] for r in out["best_layers"]] == list(per_layer["pearson"].sort_values().index[::-1][:3])
+    small = hs.cross_seed_consistency(a[:4], b[:4], ks=(2,), n_perm=0, n_boot=0)
+    assert len(small["best_layers"]) == 2 and not {r["layer"] for r in small["best_layers"]} & {
+        r["layer"] for r in small["worst_layers"]
+    }
+
+
+def test_bootstrap_intervals_contain_their_estimates(rng):
+    """Few noisy samples: resampled means are noisier, so the percentile interval of a correlation of means
+    sits below the estimate (the old interval excluded it); BCa or its fallback never does."""
+    truth = rng.normal(size=(16, 16))
+    a = truth + 1.2 * rng.normal(size=(12, 16, 16))
+    b = truth + 1.2 * rng.normal(size=(12, 16, 16))
+    est = hs.spearman(a.mean(0), b.mean(0))
+    draws = [hs.spearman(a[rng.integers(0, 12, 12)].mean(0), b[rng.integers(0, 12, 12)].mean(0)) for _ in range(300)]
+    assert np.percentile(draws, 97.5) < est, "the planted case must defeat the percentile interval"
+    df = hs.cross_seed_bootstrap(a, b, n_boot=300, seed=0)
+    assert (df["lo"] <= df["estimate"]).all() and (df["estimate"] <= df["hi"]).all()
+    assert set(df["method"]) <= {"BCa", "normal (Fisher z)"} and (df["bias"] < 0).all()
+    assert (df["hi"] <= 1).all() and (df["lo"] >= -1).all()
+
+
+def test_bca_interval_of_a_mean_matches_normal_theory(rng):
+    x = rng.normal(loc=1.0, scale=2.0, size=60)
+    ci = hs.bca_interval([60], lambda i: [x[i].mean()], n_boot=4000, seed=0)
+    se = x.std(ddof=1) / np.sqrt(60)
+    assert ci.method == ["BCa"] and ci.estimate[0] == pytest.approx(x.mean())
+    assert ci.lo[0] == pytest.approx(x.mean() - 1.96 * se, abs=0.15 * se)
+    assert ci.hi[0] == pytest.approx(x.mean() + 1.96 * se, abs=0.15 * se)
+    const = hs.bca_interval([5], lambda i: [1.0], n_boot=50)  # degenerate draws: the normal fallback, width 0
+    assert const.method == ["normal"] and const.lo[0] == const.hi[0] == 1.0
 
 
 # --- methods, categories, mask ratio ------------------------------------------------------------

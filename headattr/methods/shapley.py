@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine import clear_prefix, prefix_hint
 from ..errors import ConfigError
 from ..objective.loss import ScoredInput
-from .ablation import clear_prefix, prefix_hint
 from .ig import SampleAttribution
 
 SCOPES = ("per_layer", "all")

@@ -5,7 +5,9 @@ from headattr.stats.categories import category_differences, category_means
 from headattr.stats.mask_ratio import mask_ratio_agreement
 from headattr.stats.methods import method_comparison, method_specificity
 from headattr.stats.nulls import (
+    BootstrapInterval,
     PermutationResult,
+    bca_interval,
     bootstrap_ci,
     nan_percentile_interval,
     permutation_null,
@@ -21,7 +23,7 @@ from headattr.stats.samples import (
     sample_count_agreement,
     sample_specificity,
 )
-from headattr.stats.seeds import cross_seed_bootstrap, cross_seed_consistency, depth_bins_ranges
+from headattr.stats.seeds import cross_seed_bootstrap, cross_seed_consistency, depth_bins_ranges, split_ks
 from headattr.stats.similarity import (
     RANK_BY,
     agreement,
@@ -37,9 +39,11 @@ from headattr.stats.similarity import (
 
 __all__ = [
     "RANK_BY",
+    "BootstrapInterval",
     "PermutationResult",
     "agreement",
     "as_per_sample",
+    "bca_interval",
     "bootstrap_ci",
     "category_differences",
     "category_means",
@@ -65,6 +69,7 @@ __all__ = [
     "sample_count_agreement",
     "sample_specificity",
     "spearman",
+    "split_ks",
     "topk_indices",
     "topk_overlap",
 ]

@@ -5,8 +5,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import hypergeom
 
-from headattr.stats.nulls import nan_percentile_interval, random_topk_overlap_expected
+from headattr.stats.nulls import bca_interval, random_topk_overlap_expected
 from headattr.stats.samples import as_per_sample
 from headattr.stats.similarity import (
     RANK_BY,
@@ -63,6 +64,27 @@ def depth_bins_ranges(depth_bins: int | Sequence[Sequence[int]], n_layers: int) 
     return ranges
 
 
+def split_ks(ks: Iterable[int], n_layers: int, n_heads: int) -> dict:
+    """Which K each top-K table uses, and which it skips because K is not below its head count.
+
+    Per layer: K < n_heads (K = n_heads would share every head); when none is left, K = max(1, n_heads // 2)
+    is used instead (``added``). Global (all L * H heads ranked together): K < L * H.
+    """
+    ks = sorted({int(k) for k in ks})
+    per_layer = [k for k in ks if k < n_heads]
+    added = [] if per_layer else [max(1, n_heads // 2)]
+    n_all = n_layers * n_heads
+    return {
+        "per_layer": per_layer or added,
+        "global": [k for k in ks if k < n_all],
+        "skipped_per_layer": [k for k in ks if k >= n_heads],
+        "skipped_global": [k for k in ks if k >= n_all],
+        "added_per_layer": added,
+        "n_heads": n_heads,
+        "n_all": n_all,
+    }
+
+
 def _topk_null(a: np.ndarray, b: np.ndarray, k: int, rank_by: str, n_perm: int, rng) -> np.ndarray:
     """Mean-over-layers overlap when b's top-k heads are a uniformly random k-subset in every layer."""
     n_layers, n_heads = a.shape
@@ -90,21 +112,29 @@ def cross_seed_consistency(
     """Compare two runs' [n_layers, n_heads] scores.
 
     Returns a dict:
-      per_layer: DataFrame layer, pearson, spearman, top{k}_overlap (k > n_heads skipped).
+      per_layer: DataFrame layer, pearson, spearman, top{k}_overlap for the per-layer Ks (:func:`split_ks`).
       summary: {"pearson"|"spearman": mean, median, min, max, std (ddof=0), n_above_0.9 (strictly),
-               n_layers (finite), and with n_boot > 0 mean_lo/mean_hi, a 95% bootstrap over layers}.
+               n_layers (finite), and with n_boot > 0 mean_lo/mean_hi/mean_ci (a 95% interval of the mean over
+               layers, resampling layers, by :func:`~headattr.stats.nulls.bca_interval`, which names its method)}.
       global: pearson and spearman over all flattened heads.
-      topk: DataFrame k, mean_overlap (over layers), random_expected (= k / n_heads), null_mean, p_value
-            (one-sided; null: b's top-k set is a uniform random subset in each layer independently).
+      topk: DataFrame scope, k, mean_overlap, random_expected, null_mean, p_value. scope "per_layer": the mean
+            over layers of |top-K of layer l under a ∩ under b| / K, random_expected = K / n_heads, p_value
+            one-sided by permutation (null: b's top-K set is a uniform random subset in each layer). scope
+            "global": |top-K of all L * H heads under a ∩ under b| / K, random_expected = K / (L * H), p_value
+            exact (hypergeometric).
+      topk_ks: the Ks used and skipped (:func:`split_ks`).
       distribution: DataFrame seed, mean, median, std, min, max of each run's scores.
-      best_layers / worst_layers: 3 (layer, pearson) each, best first / worst first; nan layers excluded.
-      trend: DataFrame bin ("start-end" for layers [start, end)), start, end, pearson, spearman, n_layers.
+      best_layers / worst_layers: min(3, n // 2) rows of ``per_layer`` each (dicts; n finite layers, at least 1),
+            best Pearson first / worst first; nan layers excluded.
+      trend: DataFrame bin ("start-last", inclusive layers), start, end (exclusive), pearson, spearman,
+            n_layers; ``depth_bins`` is a count of near-equal bins or explicit [start, end) ranges.
     """
     a, b = _check_scores(scores_a, scores_b)
     if rank_by not in RANK_BY:
         raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     n_layers, n_heads = a.shape
-    ks = [int(k) for k in ks if k <= n_heads]
+    topk_ks = split_ks(ks, n_layers, n_heads)
+    ks = topk_ks["per_layer"]
     rng = np.random.default_rng(seed)
 
     per_layer = pd.DataFrame(
@@ -118,30 +148,49 @@ def cross_seed_consistency(
         summary[metric] = _summary(per_layer[metric])
         values = _finite(per_layer[metric])
         if n_boot > 0 and values.size:
-            boot = values[rng.integers(0, values.size, (n_boot, values.size))].mean(axis=1)
-            summary[metric]["mean_lo"], summary[metric]["mean_hi"] = nan_percentile_interval(boot)
+            ci = bca_interval([values.size], lambda i, v=values: [v[i].mean()], n_boot, seed, fisher=True)
+            summary[metric] |= {"mean_lo": float(ci.lo[0]), "mean_hi": float(ci.hi[0]), "mean_ci": ci.method[0]}
 
     topk_rows = []
     for k in ks:
         observed = float(per_layer[f"top{k}_overlap"].mean())
-        row = {"k": k, "mean_overlap": observed, "random_expected": random_topk_overlap_expected(n_heads, k)}
+        row = {
+            "scope": "per_layer",
+            "k": k,
+            "mean_overlap": observed,
+            "random_expected": random_topk_overlap_expected(n_heads, k),
+        }
         if n_perm > 0:
             null = _topk_null(a, b, k, rank_by, n_perm, rng)
             p_value = (1 + int((null >= observed).sum())) / (1 + n_perm)
             row |= {"null_mean": float(null.mean()), "p_value": p_value}
         topk_rows.append(row)
+    n_all = topk_ks["n_all"]
+    for k in topk_ks["global"]:
+        shared = int(round(topk_overlap(a, b, k, rank_by) * k))
+        topk_rows.append(
+            {
+                "scope": "global",
+                "k": k,
+                "mean_overlap": shared / k,
+                "random_expected": random_topk_overlap_expected(n_all, k),
+                "null_mean": k / n_all,
+                "p_value": float(hypergeom(n_all, k, k).sf(shared - 1)),
+            }
+        )
 
     distribution = pd.DataFrame([{"seed": lab} | _distribution(x) for lab, x in zip(labels, (a, b), strict=True)])
 
     ranked = per_layer.dropna(subset=["pearson"]).sort_values("pearson", kind="stable")
-    pairs = [(int(r.layer), float(r.pearson)) for r in ranked.itertuples()]
+    rows = [{k: (int(v) if k == "layer" else float(v)) for k, v in r.items()} for r in ranked.to_dict("records")]
+    n_listed = max(1, min(3, len(rows) // 2))  # best and worst do not overlap
 
     trend_rows = []
     for start, end in depth_bins_ranges(depth_bins, n_layers):
         chunk = per_layer.iloc[start:end]
         trend_rows.append(
             {
-                "bin": f"{start}-{end}",
+                "bin": f"{start}-{end - 1}",
                 "start": start,
                 "end": end,
                 "pearson": _nan_mean(chunk["pearson"]),
@@ -155,9 +204,10 @@ def cross_seed_consistency(
         "summary": summary,
         "global": {"pearson": pearson(a, b), "spearman": spearman(a, b)},
         "topk": pd.DataFrame(topk_rows),
+        "topk_ks": topk_ks,
         "distribution": distribution,
-        "best_layers": pairs[::-1][:3],
-        "worst_layers": pairs[:3],
+        "best_layers": rows[::-1][:n_listed],
+        "worst_layers": rows[:n_listed],
         "trend": pd.DataFrame(trend_rows),
     }
 
@@ -184,17 +234,18 @@ def cross_seed_bootstrap(
 
     Inputs are [n, L, H] (or [n, P, L, H]) per-sample attributions of the two runs (n may differ).
     Returns a DataFrame metric (mean_layer_pearson, global_pearson, mean_layer_spearman,
-    global_spearman), estimate (on the full data), lo, hi (percentile interval at `level`).
+    global_spearman), estimate (on the full data), lo, hi, method (BCa, or the normal interval on Fisher's z
+    where BCa would leave the estimate out: :func:`~headattr.stats.nulls.bca_interval`) and bias (mean draw -
+    estimate; resampling with replacement repeats samples, which adds noise to both means and pulls
+    correlations down).
     """
     x = as_per_sample(per_sample_a)
     y = as_per_sample(per_sample_b)
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"[L, H] shapes differ: {x.shape[1:]} vs {y.shape[1:]}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    rng = np.random.default_rng(seed)
 
-    def stats(sa: np.ndarray, sb: np.ndarray) -> list[float]:
+    def stats(ia: np.ndarray, ib: np.ndarray) -> list[float]:
+        sa, sb = x[ia].mean(axis=0), y[ib].mean(axis=0)
         return [
             _nan_mean(rowwise_pearson(sa, sb)),
             pearson(sa, sb),
@@ -202,12 +253,8 @@ def cross_seed_bootstrap(
             spearman(sa, sb),
         ]
 
-    estimate = stats(x.mean(axis=0), y.mean(axis=0))
-    draws = []
-    for _ in range(n_boot):
-        ia = rng.integers(0, x.shape[0], x.shape[0])
-        ib = rng.integers(0, y.shape[0], y.shape[0])
-        draws.append(stats(x[ia].mean(axis=0), y[ib].mean(axis=0)))
-    lo, hi = nan_percentile_interval(np.array(draws).reshape(n_boot, 4), level)
+    ci = bca_interval([x.shape[0], y.shape[0]], stats, n_boot, seed, level, fisher=True)
     names = ["mean_layer_pearson", "global_pearson", "mean_layer_spearman", "global_spearman"]
-    return pd.DataFrame({"metric": names, "estimate": estimate, "lo": lo, "hi": hi})
+    return pd.DataFrame(
+        {"metric": names, "estimate": ci.estimate, "lo": ci.lo, "hi": ci.hi, "method": ci.method, "bias": ci.bias}
+    )

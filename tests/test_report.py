@@ -1,0 +1,212 @@
+"""report.md and summary.json on synthetic dumps: template shape, silent reductions, completeness flags."""
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from headattr import diagnostics
+from headattr.aggregate import aggregate, completeness_table
+from headattr.dumps import save_npz
+from headattr.report import TEMPLATE, build_report, completeness_digest, data_section
+
+L, H, N, P = 3, 4, 7, 2
+CATEGORIES = ["a", "a", "a", "b", "b", "b", "z"]  # z: one sample, left out of Kruskal-Wallis
+
+
+def synthetic_dump(seed: int, gap_scale: float = 0.0, steps_used=None, options=None) -> dict:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(-0.1, 0.1, L * H).reshape(L, H)
+    ig = (base + rng.normal(0, 0.02, (N, P, L, H))).astype(np.float32)
+    ig_sum = ig.astype(np.float64).sum(-1)  # per-layer paths: Q = L
+    loss_full = 5.0 + rng.random((N, P))
+    loss_base = loss_full[:, :, None] - ig_sum - gap_scale * rng.random((N, P, L))
+    loss_base[0, 0, 0] = loss_full[0, 0] - 1e-12  # a path that does not change the loss
+    ig_sum[0, 0, 0] = 1e-9
+    arrays = {
+        "ig": ig,
+        "loss_full": loss_full,
+        "loss_base": loss_base,
+        "ig_sum": ig_sum,
+        "gap": ig_sum - (loss_full[:, :, None] - loss_base),
+        "n_scored": np.full((N, P), 5),
+        "sample_ids": np.array([f"s{i}" for i in range(N)]),
+        "categories": np.array(CATEGORIES),
+        "mask_probs": np.array([0.3, 0.7]),
+        "path_names": np.array([f"L{i}" for i in range(L)]),
+    }
+    if steps_used is not None:
+        arrays["extra_steps_used"] = steps_used
+    return arrays | {"meta": {"settings": {"options": options or {}}}}
+
+
+def write_unit(root: Path, name: str, arrays: dict) -> dict:
+    meta = arrays.pop("meta")
+    out = root / "ig" / name
+    save_npz(out / "dump.npz", arrays, meta)
+    aggregate(arrays).to_csv(out / "heads.csv", index=False)
+    completeness_table(arrays).to_csv(out / "completeness.csv", index=False)
+    diagnostics.write_tables(diagnostics.unit_diagnostics(arrays, {"n_boot": 20}), root / "diag" / name)
+    return arrays
+
+
+def write_tokens(path: Path, counts: dict) -> str:
+    save_npz(path, {"ids": np.zeros(3)}, {"tokenize": counts})
+    return str(path)
+
+
+def curves() -> pd.DataFrame:
+    rows = []
+    for method, order, seed, slope in [("per_layer", "most_first", None, 2.0), ("per_layer", "least_first", None, 0.1)]:
+        rows += [
+            dict(mode="single", method=method, order=order, seed=seed, fraction=f, loss=5 + slope * f)
+            for f in (0, 0.5, 1)
+        ]
+    for seed in (0, 1):
+        rows += [
+            dict(mode="single", method="random", order="random", seed=seed, fraction=f, loss=5 + f) for f in (0, 0.5, 1)
+        ]
+    frame = pd.DataFrame(rows)
+    return frame.assign(accuracy=0.5 - 0.1 * frame["fraction"])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from headattr.validation import deletion_summary
+
+    root = tmp_path_factory.mktemp("report")
+    steps = np.full((N, P, L), 8, np.int64)
+    steps[:, :, 2] = 64  # layer 2's path hit the cap
+    a = write_unit(
+        root, "u1", synthetic_dump(1, gap_scale=0.5, steps_used=steps, options={"tol": 1e-3, "max_steps": 64})
+    )
+    b = write_unit(root, "u2", synthetic_dump(2))
+    diagnostics.write_tables(
+        diagnostics.seed_diagnostics(a, b, ("seed1", "seed2"), {"n_boot": 30, "n_perm": 20}), root / "seeds"
+    )
+    diagnostics.write_tables(diagnostics.method_diagnostics({"per_layer": a}), root / "methods")
+    curves().to_csv(root / "curves.csv", index=False)
+    deletion_summary(curves()).to_csv(root / "summary.csv", index=False)
+    tokenize = {"n_in": 8, "n_kept": 7, "n_truncated": 1, "n_dropped_too_long": 1, "skipped": {"missing response": 2}}
+    token_sets = [
+        {"seed": 1, "role": "attribution", "asked": 10, "path": write_tokens(root / "t1.npz", tokenize)},
+        {
+            "seed": 1,
+            "role": "held-out",
+            "asked": 4,
+            "path": write_tokens(root / "h1.npz", {"n_in": 4, "n_kept": 3, "n_dropped_too_long": 1}),
+        },
+    ]
+    units = [{"seed": s, "method": "per_layer", "key": f"u{s}"} for s in (1, 2)]
+    inputs = SimpleNamespace(
+        heads=[root / f"ig/u{s}/heads.csv" for s in (1, 2)],
+        completeness=[root / f"ig/u{s}/completeness.csv" for s in (1, 2)],
+        dumps=[root / f"ig/u{s}/dump.npz" for s in (1, 2)],
+        unit_diag=[root / f"diag/u{s}" for s in (1, 2)],
+        seed_diag=[root / "seeds"],
+        method_diag=[root / "methods"],
+        validation=[root / "curves.csv"],
+        validation_summary=[root / "summary.csv"],
+    )
+    config = {
+        "run": "synthetic",
+        "ig": {"steps": 8, "rule": "riemann_right", "tol": None},
+        "report": {"gap_threshold": 0.01},
+    }
+    summary = build_report(
+        units,
+        inputs,
+        config,
+        root / "report.md",
+        root / "summary.json",
+        root / "figures",
+        seed_pairs=[{"method": "per_layer", "seed_a": 1, "seed_b": 2}],
+        method_groups=[{"seed": 1}],
+        validation_seeds=[1],
+        token_sets=token_sets,
+    )
+    return root, (root / "report.md").read_text(), summary, a
+
+
+def test_headings_are_the_templates_once_each_in_order(built):
+    """The report's shape is the template's: every heading once per block (Pruning validation was doubled)."""
+    _, report, _, _ = built
+    assert report.count("## Pruning validation") == 1
+    template_heads = [
+        line.split("{{")[0].strip() for line in TEMPLATE.read_text().splitlines() if re.match(r"^#{2} \w", line)
+    ]
+    report_heads = [line for line in report.splitlines() if re.match(r"^#{2} \w", line)]
+    assert report_heads == template_heads
+    json.loads((built[0] / "summary.json").read_text())
+
+
+def test_every_tokenize_count_and_skip_reason_is_reported(built):
+    _, report, summary, _ = built
+    row = summary["data"][0]
+    assert row["asked"] == 10 and row["n_kept"] == 7 and row["n_dropped_too_long"] == 1
+    assert row["skipped: missing response"] == 2 and row["n_truncated"] == 1
+    assert any("7 of 10 asked" in n and "missing response 2" in n for n in summary["data_notes"])
+    assert "| skipped: missing response |" in report
+    assert "Held-out samples: 3 of 4 asked" in report
+    assert summary["pruning_validation"][0]["heldout"] == {"asked": 4, "n_in": 4, "n_kept": 3, "n_dropped_too_long": 1}
+
+
+def test_data_section_works_without_a_skipped_dict(tmp_path):
+    table, notes = data_section(
+        [
+            {
+                "seed": 3,
+                "role": "attribution",
+                "asked": 5,
+                "path": write_tokens(tmp_path / "t.npz", {"n_in": 5, "n_kept": 5}),
+            }
+        ]
+    )
+    assert table.to_dict("records") == [{"seed": 3, "samples": "attribution", "asked": 5, "n_in": 5, "n_kept": 5}]
+    assert notes == []
+
+
+def test_one_sample_category_left_out_is_said(built):
+    _, report, summary, _ = built
+    assert "Left out of the Kruskal-Wallis test (fewer than 2 samples): z (1 sample)." in report
+    assert summary["units"][0]["category_test"]["left_out"] == {"z": 1}
+    assert summary["units"][0]["category_test"]["tested"] == ["a", "b"]
+
+
+def test_completeness_gaps_use_a_floor_and_large_ones_are_flagged(built):
+    root, report, summary, arrays = built
+    delta = arrays["loss_full"][:, :, None] - arrays["loss_base"]
+    expected = np.abs(arrays["gap"]) / np.maximum(np.abs(delta), 0.01)
+    c = summary["units"][0]["completeness"]
+    assert c["gap_rel_max"] == pytest.approx(expected.max())
+    assert c["n_over_threshold"] == int((expected > 0.01).sum()) > 0
+    assert summary["units"][1]["completeness"]["gap_rel_max"] < 1e-5  # the ~0 dL path does not blow up
+    flagged = [(f["method"], f["seed"]) for f in summary["completeness_flags"]]
+    assert flagged == [("per_layer", 1)]
+    assert "Advice: raise `ig.steps` (now 8); or use `ig.rule: gauss_legendre`" in report and "`ig.tol: 1e-3`" in report
+
+
+def test_paths_at_the_step_cap_are_flagged(built):
+    _, report, summary, _ = built
+    assert summary["completeness_capped"] == [{"method": "per_layer", "seed": 1, "paths": "L2", "max_steps": 64}]
+    assert "1 path(s) hit `ig.max_steps` = 64" in report
+    assert "8-64" in report  # steps column
+
+
+def test_completeness_digest_caps_only_paths_above_tol():
+    comp = pd.DataFrame({"gap": [1e-6, 0.5], "delta_loss": [1.0, 1.0], "path": ["L0", "L1"]})
+    out = completeness_digest(comp, 0.01, 0.01, np.array([64, 64]), {"tol": 1e-3, "max_steps": 64})
+    assert out["capped"] == ["L1"] and out["n_over_threshold"] == 1
+
+
+def test_report_names_the_bootstrap_method_and_top_k_definitions(built):
+    _, report, _, _ = built
+    assert "| metric | estimate | lo | hi | method | bias |" in report
+    assert re.search(r"\| global_pearson \| [-0-9.]+ \| [-0-9.]+ \| [-0-9.]+ \| (BCa|normal \(Fisher z\)) \|", report)
+    assert "Per-layer K = 5, 10, 15, 20, 25, 30 skipped: not below the 4 heads of a layer" in report
+    assert "Global K = 15, 20, 25, 30 skipped: not below the 12 heads." in report
+    assert "| rank | layer | pearson | spearman | top2 overlap |" in report
