@@ -351,6 +351,8 @@ def engine_stp(adapter, scored_list, method, steps, prefix, autocast_dtype, budg
         return out
     finally:
         engine.close()
+
+
 def plain_losses(model, adapter, scored, gate_rows, autocast) -> np.ndarray:
     """Loss of every p under each gate matrix in ``gate_rows`` [R, L, H], one full forward each: [n_p, R]."""
     device = next(model.parameters()).device
