@@ -1,6 +1,13 @@
 DEMO_KEY = stage_key("demo", config["demo_model"])
 
 
+def get_demo_corpus():
+    """The shipped corpus, or one rebuilt from the source packages (demo_model.rebuild_corpus)."""
+    if config["demo_model"]["rebuild_corpus"]:
+        return rules.demo_corpus.output.corpus
+    return "resources/demo/corpus.jsonl.gz"
+
+
 rule demo_corpus:
     output:
         corpus=f"{RESULTS}/demo_model/{DEMO_KEY}/corpus.jsonl.gz",
@@ -19,7 +26,7 @@ rule demo_corpus:
 
 rule demo_train:
     input:
-        corpus=rules.demo_corpus.output.corpus,
+        corpus=get_demo_corpus(),
     output:
         model=directory(f"{RESULTS}/demo_model/{DEMO_KEY}/model"),
     log:
@@ -37,7 +44,27 @@ rule demo_train:
         "../scripts/demo_train.py"
 
 
+rule demo_lm_eval_tasks:
+    output:
+        tasks=directory(f"{RESULTS}/demo_tasks/{DEMO_KEY}"),
+    log:
+        f"{RESULTS}/logs/demo_lm_eval_tasks/{DEMO_KEY}.log",
+    conda:
+        "../envs/engine.yaml"
+    params:
+        n=config["demo_model"]["lm_eval_items"],
+        seed=config["demo_model"]["train"].get("seed", 0),
+    script:
+        "../scripts/demo_lm_eval_tasks.py"
+
+
 rule retrain_demo:
     default_target: False
     input:
         rules.demo_train.output.model,
+
+
+rule build_demo_tasks:
+    default_target: False
+    input:
+        rules.demo_lm_eval_tasks.output.tasks,
