@@ -159,6 +159,11 @@ def test_task_generator_deterministic_and_correct(task):
         task_records("sort", 0, 1, "train")
 
 
+def test_unknown_training_task_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"demo_model\.train\.tasks: unknown demo task 'sort'"):
+        train_mdlm(tmp_path / "missing.jsonl", tmp_path / "model", {"tasks": ["copy", "sort"]})
+
+
 def test_task_heldout_splits_disjoint_from_training_on_content():
     cfg = DEFAULT_CFG
     shipped_lm_eval = [json.loads(line)["prompt"] for f in TASKS_DIR.glob("*.jsonl") for line in f.open()]

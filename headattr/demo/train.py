@@ -43,15 +43,15 @@ DEFAULT_CFG = {
     "intermediate_size": 512,
     "batch_size": 16,
     "tasks": list(TASKS),
-    "task_train_items": 20000,
+    "task_train_items": 8000,
     "task_heldout_items": 400,
     "task_len": 24,
     "task_batch_size": 24,
     "task_weight": 1.0,
-    "lr": 1.5e-3,
+    "lr": 1e-3,
     "weight_decay": 0.01,
-    "warmup_steps": 100,
-    "max_steps": 1400,
+    "warmup_steps": 150,
+    "max_steps": 1100,
     "max_minutes": 38.0,
     "eps": 1e-3,
     "eval_p": 0.15,
@@ -130,14 +130,15 @@ def mdlm_loss(
     mask_id: int,
     eps: float,
     gen: torch.Generator,
-    per_answer_token: bool = False,
+    unweighted: bool = False,
 ) -> torch.Tensor:
     """LLaDA loss of one batch: sum over masked tokens of CE / p, divided by batch * length.
 
     t is drawn stratified over the batch (row i gets t in [i/B, (i+1)/B)): rows come in random order, so each
     row's t is still U(0, 1), but the batch covers the range evenly, which lowers the loss variance.
-    per_answer_token=True is LLaDA's SFT form (maskable = the answer only, the prompt is never masked):
-    the sum is divided by the number of answer tokens instead.
+    unweighted=True (task rows, where maskable is the answer only and the prompt is never masked, as in
+    LLaDA's SFT) returns the plain mean CE over the masked tokens instead: with answers of a few tokens the
+    1 / p weight makes rare masks at small p dominate the clipped gradient and starves the text loss.
     """
     n = rows.shape[0]
     t = (torch.arange(n) + torch.rand(n, generator=gen)) / n
@@ -145,8 +146,10 @@ def mdlm_loss(
     inputs, masked = mask_tokens(rows, maskable, p, mask_id, gen)
     logits = masked_logits(model, inputs, rows.ne(pad_id), masked)
     ce = nn.functional.cross_entropy(logits, rows[masked], reduction="none")
+    if unweighted:
+        return ce.sum() / max(ce.numel(), 1)
     weight = (1 / p)[:, None].expand_as(rows)[masked]
-    return (ce * weight).sum() / (maskable.sum().clamp(min=1) if per_answer_token else rows.numel())
+    return (ce * weight).sum() / rows.numel()
 
 
 def task_rows(tok: PreTrainedTokenizerFast, records: list[dict], task_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +317,7 @@ def train_mdlm(corpus_path: str | Path, out_dir: str | Path, cfg: dict | None = 
       batch_size: packed text rows per step;  tasks: synthetic tasks mixed in (headattr.demo.tasks);
       task_train_items, task_heldout_items: items per task in the training pool / held-out check;
       task_len: row length of a task item;  task_batch_size: task rows per step (answer-only masking,
-      LLaDA's SFT form);  task_weight: weight of the task loss in the sum;
+      unweighted mean CE, see mdlm_loss);  task_weight: weight of the task loss in the sum;
       lr, weight_decay, warmup_steps, max_steps: AdamW with warmup + cosine decay;
       max_minutes: wall-clock stop (runs are deterministic only when max_steps is reached first);
       eps: minimum mask probability;  eval_p: mask probability of the held-out check;
@@ -329,7 +332,10 @@ def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     for task in cfg["tasks"]:
-        check_task(task)
+        try:
+            check_task(task)
+        except ValueError as exc:
+            raise ValueError(f"demo_model.train.tasks: {exc}") from None
 
     records = read_jsonl(corpus_path)
     heldout = [r for r in records if is_heldout(r["id"], cfg["seed"], cfg["heldout_frac"])]
@@ -369,7 +375,7 @@ def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
                 tok.mask_token_id,
                 cfg["eps"],
                 gen,
-                per_answer_token=True,
+                unweighted=True,
             )
         optim.zero_grad(set_to_none=True)
         (loss + cfg["task_weight"] * task_loss).backward()
