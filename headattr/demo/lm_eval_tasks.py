@@ -40,11 +40,14 @@ def generation_yaml(task: str, data_file: str) -> dict:
         "doc_to_target": "{{answer}}",
         "target_delimiter": " ",
         "generation_kwargs": {"until": ["\n"], "max_gen_toks": 16, "do_sample": False},
-        "filter_list": [
-            {"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
-        ],
+        "filter_list": [{"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}],
         "metric_list": [
-            {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "regexes_to_ignore": [r"^\s+", r"\s+$"]}
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "regexes_to_ignore": [r"^\s+", r"\s+$"],
+            }
         ],
         "metadata": {"version": 1.0, "chance_exact_match": CHANCE[task]},
     }
