@@ -279,7 +279,9 @@ def test_shipped_model_reproduces_manifest_text_accuracy(shipped_model):
     cfg = manifest["cfg"]
     heldout = [r for r in read_jsonl(DEMO / "model" / manifest["heldout_file"]) if r["category"] not in TASKS]
     special = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id)
-    rows = pack_rows(encode(tok, heldout), cfg["seq_len"], pack=False, **special)[:192]
+    # every third row: spread over all categories (records are grouped by category); fresh masks, so the
+    # tolerance is the binomial one of the masked-token count
+    rows = pack_rows(encode(tok, heldout), cfg["seq_len"], pack=False, **special)[::3]
     ok = ~torch.isin(rows, torch.tensor(sorted(tok.all_special_ids)))
     with torch.random.fork_rng(devices=[]):
         got = evaluate(model, rows, ok, tok.pad_token_id, tok.mask_token_id, cfg, unigram_id=0)
