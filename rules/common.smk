@@ -116,3 +116,10 @@ def run_view():
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target, target_is_directory=True)
         tmp.replace(view)
+
+
+def get_demo_corpus():
+    """The shipped corpus, or one rebuilt from the source packages (demo_model.rebuild_corpus)."""
+    if config["demo_model"]["rebuild_corpus"]:
+        return rules.demo_corpus.output.corpus
+    return "resources/demo/corpus.jsonl.gz"

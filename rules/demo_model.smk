@@ -1,13 +1,6 @@
 DEMO_KEY = stage_key("demo", config["demo_model"])
 
 
-def get_demo_corpus():
-    """The shipped corpus, or one rebuilt from the source packages (demo_model.rebuild_corpus)."""
-    if config["demo_model"]["rebuild_corpus"]:
-        return rules.demo_corpus.output.corpus
-    return "resources/demo/corpus.jsonl.gz"
-
-
 rule demo_corpus:
     output:
         corpus=f"{RESULTS}/demo_model/{DEMO_KEY}/corpus.jsonl.gz",
