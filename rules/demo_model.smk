@@ -19,7 +19,7 @@ rule demo_corpus:
 
 rule demo_train:
     input:
-        corpus=rules.demo_corpus.output.corpus,
+        corpus=get_demo_corpus(),
     output:
         model=directory(f"{RESULTS}/demo_model/{DEMO_KEY}/model"),
     log:
@@ -37,7 +37,27 @@ rule demo_train:
         "../scripts/demo_train.py"
 
 
+rule demo_lm_eval_tasks:
+    output:
+        tasks=directory(f"{RESULTS}/demo_tasks/{DEMO_KEY}"),
+    log:
+        f"{RESULTS}/logs/demo_lm_eval_tasks/{DEMO_KEY}.log",
+    conda:
+        "../envs/engine.yaml"
+    params:
+        n=config["demo_model"]["lm_eval_items"],
+        seed=config["demo_model"]["train"].get("seed", 0),
+    script:
+        "../scripts/demo_lm_eval_tasks.py"
+
+
 rule retrain_demo:
     default_target: False
     input:
         rules.demo_train.output.model,
+
+
+rule build_demo_tasks:
+    default_target: False
+    input:
+        rules.demo_lm_eval_tasks.output.tasks,

@@ -17,6 +17,7 @@ import math
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,8 @@ import yaml
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
-from .corpus import read_jsonl
+from .corpus import read_jsonl, write_jsonl
+from .tasks import CHANCE, TASKS, check_task, task_records
 from .tokenizer import train_tokenizer
 
 DEFAULT_CFG = {
@@ -36,21 +38,28 @@ DEFAULT_CFG = {
     "vocab_size": 6000,
     "seq_len": 128,
     "hidden_size": 128,
-    "num_layers": 4,
-    "num_heads": 4,
+    "num_layers": 6,
+    "num_heads": 8,
     "intermediate_size": 512,
     "batch_size": 16,
+    "tasks": list(TASKS),
+    "task_train_items": 8000,
+    "task_heldout_items": 400,
+    "task_len": 24,
+    "task_batch_size": 24,
+    "task_weight": 1.0,
     "lr": 1e-3,
     "weight_decay": 0.01,
     "warmup_steps": 150,
-    "max_steps": 1800,
-    "max_minutes": 25.0,
+    "max_steps": 1100,
+    "max_minutes": 38.0,
     "eps": 1e-3,
     "eval_p": 0.15,
     "threads": 1,
     "log_every": 25,
 }
 BUCKET = 256
+HELDOUT_FILE = "heldout.jsonl.gz"  # held-out text records and task items, saved beside the model
 
 
 def text_of(record: dict) -> str:
@@ -121,11 +130,15 @@ def mdlm_loss(
     mask_id: int,
     eps: float,
     gen: torch.Generator,
+    unweighted: bool = False,
 ) -> torch.Tensor:
     """LLaDA loss of one batch: sum over masked tokens of CE / p, divided by batch * length.
 
     t is drawn stratified over the batch (row i gets t in [i/B, (i+1)/B)): rows come in random order, so each
     row's t is still U(0, 1), but the batch covers the range evenly, which lowers the loss variance.
+    unweighted=True (task rows, where maskable is the answer only and the prompt is never masked, as in
+    LLaDA's SFT) returns the plain mean CE over the masked tokens instead: with answers of a few tokens the
+    1 / p weight makes rare masks at small p dominate the clipped gradient and starves the text loss.
     """
     n = rows.shape[0]
     t = (torch.arange(n) + torch.rand(n, generator=gen)) / n
@@ -133,8 +146,61 @@ def mdlm_loss(
     inputs, masked = mask_tokens(rows, maskable, p, mask_id, gen)
     logits = masked_logits(model, inputs, rows.ne(pad_id), masked)
     ce = nn.functional.cross_entropy(logits, rows[masked], reduction="none")
+    if unweighted:
+        return ce.sum() / max(ce.numel(), 1)
     weight = (1 / p)[:, None].expand_as(rows)[masked]
     return (ce * weight).sum() / rows.numel()
+
+
+def task_rows(tok: PreTrainedTokenizerFast, records: list[dict], task_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [N, task_len], answer mask [N, task_len]): [CLS] prompt response [SEP] [PAD]..., one record a row.
+
+    Prompt and response are tokenized apart and concatenated, as the workflow's tokenizer does; each record
+    starts at position 1, as a workflow sample does, so position-keyed tasks (copy, reverse) stay learnable.
+    """
+    rows = torch.full((len(records), task_len), tok.pad_token_id, dtype=torch.long)
+    answer = torch.zeros_like(rows, dtype=torch.bool)
+    prompts = tok([r["prompt"] for r in records], add_special_tokens=False)["input_ids"]
+    responses = tok([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+    for i, (p_ids, r_ids) in enumerate(zip(prompts, responses, strict=True)):
+        ids = [tok.cls_token_id, *p_ids, *r_ids, tok.sep_token_id]
+        if len(ids) > task_len:
+            raise ValueError(f"task record {records[i]['id']!r} has {len(ids)} tokens > task_len={task_len}")
+        rows[i, : len(ids)] = torch.tensor(ids)
+        answer[i, 1 + len(p_ids) : 1 + len(p_ids) + len(r_ids)] = True
+    return rows, answer
+
+
+@torch.no_grad()
+def task_exact_match(model: BertForMaskedLM, tok: PreTrainedTokenizerFast, records: list[dict], task_len: int) -> dict:
+    """Per category: exact match and token accuracy with the whole answer masked, decoded in one pass (argmax).
+
+    Returns {category: {"exact_match", "token_accuracy", "n"}}. One pass is exact for one-token answers and
+    a lower bound of iterative unmasking for longer ones.
+    """
+    was_training = model.training
+    model.eval()
+    rows, answer = task_rows(tok, records, task_len)
+    hits = torch.zeros(len(records), dtype=torch.bool)
+    token_hits = torch.zeros(len(records))
+    for start in range(0, len(records), 128):
+        batch, ans = rows[start : start + 128], answer[start : start + 128]
+        logits = model(
+            input_ids=batch.masked_fill(ans, tok.mask_token_id), attention_mask=batch.ne(tok.pad_token_id)
+        ).logits
+        ok = (logits.argmax(-1) == batch) | ~ans
+        hits[start : start + 128] = ok.all(-1)
+        token_hits[start : start + 128] = (ok & ans).sum(-1) / ans.sum(-1)
+    model.train(was_training)
+    out: dict[str, dict] = {}
+    for cat in dict.fromkeys(r["category"] for r in records):
+        idx = torch.tensor([i for i, r in enumerate(records) if r["category"] == cat])
+        out[cat] = {
+            "exact_match": float(hits[idx].float().mean()),
+            "token_accuracy": float(token_hits[idx].mean()),
+            "n": len(idx),
+        }
+    return out
 
 
 @torch.no_grad()
@@ -248,7 +314,11 @@ def train_mdlm(corpus_path: str | Path, out_dir: str | Path, cfg: dict | None = 
       seed: seeds the split, init, batch order and masks;  heldout_frac: share of records held out;
       vocab_size: BPE vocabulary;  seq_len: row length (also max positions);
       hidden_size, num_layers, num_heads, intermediate_size: BERT shape;
-      batch_size, lr, weight_decay, warmup_steps, max_steps: AdamW with warmup + cosine decay;
+      batch_size: packed text rows per step;  tasks: synthetic tasks mixed in (headattr.demo.tasks);
+      task_train_items, task_heldout_items: items per task in the training pool / held-out check;
+      task_len: row length of a task item;  task_batch_size: task rows per step (answer-only masking,
+      unweighted mean CE, see mdlm_loss);  task_weight: weight of the task loss in the sum;
+      lr, weight_decay, warmup_steps, max_steps: AdamW with warmup + cosine decay;
       max_minutes: wall-clock stop (runs are deterministic only when max_steps is reached first);
       eps: minimum mask probability;  eval_p: mask probability of the held-out check;
       threads: torch CPU threads;  log_every: progress line period (stderr).
@@ -261,11 +331,19 @@ def train_mdlm(corpus_path: str | Path, out_dir: str | Path, cfg: dict | None = 
 def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    for task in cfg["tasks"]:
+        try:
+            check_task(task)
+        except ValueError as exc:
+            raise ValueError(f"demo_model.train.tasks: {exc}") from None
 
     records = read_jsonl(corpus_path)
     heldout = [r for r in records if is_heldout(r["id"], cfg["seed"], cfg["heldout_frac"])]
     train = [r for r in records if not is_heldout(r["id"], cfg["seed"], cfg["heldout_frac"])]
-    tok = train_tokenizer([text_of(r) for r in train], cfg["vocab_size"], out_dir, cfg["seq_len"])
+    task_train = [r for t in cfg["tasks"] for r in task_records(t, cfg["seed"], cfg["task_train_items"], "train")]
+    task_heldout = [r for t in cfg["tasks"] for r in task_records(t, cfg["seed"], cfg["task_heldout_items"], "heldout")]
+    tok_texts = [text_of(r) for r in train] + [text_of(r) for r in task_train[:: max(1, len(task_train) // 2000)]]
+    tok = train_tokenizer(tok_texts, cfg["vocab_size"], out_dir, cfg["seq_len"])
     special = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id)
     train_ids, heldout_ids = encode(tok, train), encode(tok, heldout)
     train_rows = pack_rows(train_ids, cfg["seq_len"], pack=True, **special)
@@ -273,70 +351,100 @@ def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
     specials = torch.tensor(sorted(tok.all_special_ids))
     train_ok, heldout_ok = ~torch.isin(train_rows, specials), ~torch.isin(heldout_rows, specials)
     unigram_id = int(torch.bincount(train_rows[train_ok], minlength=len(tok)).argmax())
+    task_train_rows, task_train_ok = task_rows(tok, task_train, cfg["task_len"]) if task_train else (None, None)
 
     model = build_model(cfg, tok)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, cfg["warmup_steps"], cfg["max_steps"]))
     gen = torch.Generator().manual_seed(cfg["seed"])
-    order, cursor, step = torch.randperm(len(train_rows), generator=gen), 0, 0
+    text_batches = batch_indices(len(train_rows), cfg["batch_size"], gen)
+    task_batches = batch_indices(len(task_train), cfg["task_batch_size"], gen) if task_train else None
+    step = 0
     model.train()
     while step < cfg["max_steps"] and time.monotonic() - started < 60 * cfg["max_minutes"]:
-        if cursor + cfg["batch_size"] > len(order):
-            order, cursor = torch.randperm(len(train_rows), generator=gen), 0
-        idx = order[cursor : cursor + cfg["batch_size"]]
-        cursor += cfg["batch_size"]
+        idx = next(text_batches)
         loss = mdlm_loss(model, train_rows[idx], train_ok[idx], tok.pad_token_id, tok.mask_token_id, cfg["eps"], gen)
+        task_loss = torch.zeros(())
+        if task_batches is not None:
+            idx = next(task_batches)
+            task_loss = mdlm_loss(
+                model,
+                task_train_rows[idx],
+                task_train_ok[idx],
+                tok.pad_token_id,
+                tok.mask_token_id,
+                cfg["eps"],
+                gen,
+                unweighted=True,
+            )
         optim.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + cfg["task_weight"] * task_loss).backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         sched.step()
         step += 1
         if step % cfg["log_every"] == 0 or step == cfg["max_steps"]:
             print(
-                f"step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"elapsed {time.monotonic() - started:.0f}s",
+                f"step {step} loss {loss.item():.4f} task_loss {task_loss.item():.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} elapsed {time.monotonic() - started:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )
 
     metrics = evaluate(model, heldout_rows, heldout_ok, tok.pad_token_id, tok.mask_token_id, cfg, unigram_id)
+    tasks = task_exact_match(model, tok, task_heldout, cfg["task_len"]) if task_heldout else {}
+    for task, row in tasks.items():
+        row["chance_exact_match"] = CHANCE[task]
     model.save_pretrained(out_dir, safe_serialization=True)
+    heldout_path = write_jsonl(heldout + task_heldout, out_dir / HELDOUT_FILE)
     manifest = {
         "cfg": cfg,
         "corpus": str(corpus_path),
-        "corpus_sha256": hashlib.sha256(Path(corpus_path).read_bytes()).hexdigest(),
+        "corpus_sha256": sha256_of(corpus_path),
         "n_train_records": len(train),
         "n_heldout_records": len(heldout),
         "n_train_tokens": sum(map(len, train_ids)),
         "n_heldout_tokens": sum(map(len, heldout_ids)),
         "n_train_rows": len(train_rows),
+        "trained_on": {
+            "text_categories": dict(Counter(r["category"] for r in train)),
+            "task_items": dict(Counter(r["category"] for r in task_train)),
+            "task_train_sha256": hashlib.sha256(
+                "".join(r["prompt"] + r["response"] + "\n" for r in task_train).encode()
+            ).hexdigest(),
+            "text_rows_seen": step * cfg["batch_size"],
+            "task_rows_seen": step * cfg["task_batch_size"] if task_train else 0,
+        },
+        "heldout_file": HELDOUT_FILE,
+        "heldout_sha256": sha256_of(heldout_path),
         "steps": step,
         "n_params": sum(p.numel() for p in model.parameters()),
         "unigram_token": tok.convert_ids_to_tokens(unigram_id),
         **metrics,
+        "tasks": tasks,
         "wall_time_s": round(time.monotonic() - started, 1),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "git_commit": git_commit(),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(
-        json.dumps(
-            {
-                k: manifest[k]
-                for k in (
-                    "heldout_accuracy",
-                    "unigram_baseline_accuracy",
-                    "accuracy_ratio",
-                    "heldout_loss",
-                    "wall_time_s",
-                )
-            }
-        ),
-        file=sys.stderr,
-    )
+    summary = {k: manifest[k] for k in ("heldout_accuracy", "unigram_baseline_accuracy", "heldout_loss", "wall_time_s")}
+    summary["exact_match"] = {t: row["exact_match"] for t, row in tasks.items()}
+    print(json.dumps(summary), file=sys.stderr)
     return manifest
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless seeded batches of row indices: a fresh permutation each epoch, the ragged tail dropped."""
+    size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n - size + 1, size):
+            yield order[start : start + size]
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
