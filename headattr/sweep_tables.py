@@ -70,7 +70,8 @@ def sensitivity_table(plan: dict, compare: Comparer) -> pd.DataFrame:
         for entity in _axis_slice(plan, axis):
             ref = _reference_entity(plan, entity)
             stab = _global(compare(entity["label"], ref["label"]))
-            meta = {"axis": axis, "axis_value": entity["values"][axis], "label": entity["label"], "reference": ref["label"]}
+            meta = {"axis": axis, "axis_value": entity["values"][axis], "label": entity["label"]}
+            meta["reference"] = ref["label"]
             rows += [meta | r for r in stab.to_dict("records")]
     return pd.DataFrame(rows)
 

@@ -35,12 +35,8 @@ wildcard_constraints:
 
 HELDOUT = heldout_units(config)
 VALIDATION = validation_groups(config)
-VALIDATION_ALL = (
-    {}
-)  # validation key -> (group, the config it belongs to), base and sweep points
-UNIT_CONFIG = (
-    {}
-)  # (stage, key) -> (unit, the config the artifact belongs to); keys are content-derived
+# validation key -> (group, its config); (stage, key) -> (unit, its config); base config and sweep points
+VALIDATION_ALL, UNIT_CONFIG = {}, {}
 for cfg in CONFIGS:
     for key, group in validation_groups(cfg).items():
         VALIDATION_ALL.setdefault(key, (group, cfg))
