@@ -133,17 +133,19 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     """What the comparison of the points needs, JSON-ready, and its artifact key.
 
     ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
-    seeds, its postprocess; ``validation``: (point, pruning-validation key) pairs; ``reference``: the reference
-    point's name; ``axes``: {name: {key, values (labels), numeric}}.
+    seeds, its attribution benchmark files (under the benchmarks folder), its postprocess; ``validation``:
+    (point, pruning-validation key) pairs; ``reference``: the reference point's name; ``axes``: {name: {key,
+    values (labels), numeric, order}}.
     """
     from .config import stage_key, units, validation_groups
 
     entities = []
     for point in points:
         methods = point.config["ig"]["methods"]
-        by_method = {}
+        by_method, benchmarks = {}, {}
         for unit in units(point.config):
             by_method.setdefault(unit.method, []).append(unit.keys["ig"])
+            benchmarks.setdefault(unit.method, []).extend(f"attribute/{unit.keys['ig']}/{s}.tsv" for s in unit.shards)
         for method in methods:
             entities.append(
                 {
@@ -152,6 +154,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "method": method,
                     "values": {n: value_label(v) for n, v in point.values.items()},
                     "ig": by_method[method],
+                    "benchmarks": benchmarks[method],
                     "postprocess": point.config["report"]["postprocess"],
                 }
             )

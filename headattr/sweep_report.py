@@ -72,4 +72,12 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         "## Held-out pruning AOPC per point\n",
         _md(tables["aopc"]),
     ]
+    if "compute" in tables:
+        c = tables["compute"]
+        text += [
+            "## Compute per point (attribution jobs, Snakemake benchmarks)\n",
+            _md(c, ".1f"),
+            f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU "
+            "(a point shared with an earlier sweep shows its original cost).\n",
+        ]
     atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(text)))

@@ -8,6 +8,8 @@
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
+- ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
+  over seeds and shards, peak resident memory).
 """
 
 from __future__ import annotations
@@ -126,8 +128,25 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
-def sweep_tables(plan: dict, dumps: dict, summaries: dict) -> dict:
-    """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path}."""
+def compute_table(plan: dict, benchmarks_dir) -> pd.DataFrame:
+    rows = []
+    for e in plan["entities"]:
+        bench = pd.concat([pd.read_csv(f"{benchmarks_dir}/{b}", sep="\t") for b in e["benchmarks"]])
+        rows.append(
+            {
+                "label": e["label"],
+                "attribute_jobs": len(bench),
+                "wall_s": float(bench["s"].sum()),
+                "cpu_s": float(bench["cpu_time"].sum()),
+                "max_rss_mb": float(bench["max_rss"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks_dir=None) -> dict:
+    """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
+    ``benchmarks_dir`` the folder of the attribution benchmarks (None: no compute table)."""
     compare = Comparer(plan, dumps)
     labels = compare.labels
     pairs = []
@@ -148,7 +167,7 @@ def sweep_tables(plan: dict, dumps: dict, summaries: dict) -> dict:
         "sensitivity": sensitivity_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc_table(plan, summaries),
-    }
+    } | ({"compute": compute_table(plan, benchmarks_dir)} if benchmarks_dir is not None else {})
 
 
 def stability_matrix(pairs: pd.DataFrame, labels: list[str], metric: str = "spearman") -> np.ndarray:

@@ -9,6 +9,12 @@ rule sweep_stability:
     input:
         dumps=[path("ig", k, "dump.npz") for k in SWEEP_IG],
         summaries=[path("validation", k, "summary.csv") for k in SWEEP_VALIDATION],
+        benchmarks=[
+            f"{RESULTS}/benchmarks/{b}"
+            for b in dict.fromkeys(b for e in SWEEP["entities"] for b in e["benchmarks"])
+        ]
+        if SWEEP
+        else [],
     output:
         tables=directory(f"{RESULTS}/sweeps/{{key}}/tables"),
     log:

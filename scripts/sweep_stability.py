@@ -11,5 +11,5 @@ sm = snakemake  # noqa: F821
 plan, results = sm.params.plan, sm.params.results
 dumps = {k: f"{results}/ig/{k}/dump.npz" for e in plan["entities"] for k in e["ig"]}
 summaries = {v["key"]: f"{results}/validation/{v['key']}/summary.csv" for v in plan["validation"]}
-for path in write_tables(sweep_tables(plan, dumps, summaries), sm.output.tables):
+for path in write_tables(sweep_tables(plan, dumps, summaries, f"{results}/benchmarks"), sm.output.tables):
     print(f"wrote {path}")

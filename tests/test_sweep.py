@@ -16,7 +16,7 @@ from headattr.dumps import save_npz
 from headattr.errors import ConfigError
 from headattr.stats.stability import converged_at, pair_stability
 from headattr.sweep import sweep_plan, sweep_points
-from headattr.sweep_tables import stability_matrix, sweep_tables
+from headattr.sweep_tables import compute_table, stability_matrix, sweep_tables
 
 
 @pytest.fixture
@@ -152,6 +152,16 @@ def test_stability_equals_scipy_on_the_dumps(tmp_path):
     assert set(conv["converged_at"]) == {converged_at([2, 4, 8], rho, 0.9)} == {4.0}
     mat = stability_matrix(tables["pairs"], ["K=2", "K=4", "K=8"])
     assert mat[1, 2] == 1.0 and mat[0, 1] == mat[1, 0] == pytest.approx(rho[0])
+
+
+def test_compute_table_sums_the_benchmarks(tmp_path):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, (wall, rss, cpu) in {"a/s0.tsv": (2.5, 100.0, 4.0), "a/s1.tsv": (1.5, 300.0, 2.0)}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(header + f"{wall}\t0:00:02\t{rss}\t0\t0\t0\t0\t0\t1\t{cpu}\n")
+    plan = {"entities": [{"label": "K=2", "benchmarks": ["a/s0.tsv", "a/s1.tsv"]}]}
+    row = compute_table(plan, tmp_path).iloc[0]
+    assert (row["attribute_jobs"], row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (2, 4.0, 6.0, 300.0)
 
 
 def test_unpaired_samples_and_converged_at():
