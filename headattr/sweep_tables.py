@@ -128,10 +128,11 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
-def compute_table(plan: dict, benchmarks_dir) -> pd.DataFrame:
+def compute_table(plan: dict, benchmarks: dict) -> pd.DataFrame:
+    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}."""
     rows = []
     for e in plan["entities"]:
-        bench = pd.concat([pd.read_csv(f"{benchmarks_dir}/{b}", sep="\t") for b in e["benchmarks"]])
+        bench = pd.concat([pd.read_csv(benchmarks[b], sep="\t") for b in e["benchmarks"]])
         rows.append(
             {
                 "label": e["label"],
@@ -144,9 +145,9 @@ def compute_table(plan: dict, benchmarks_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks_dir=None) -> dict:
+def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None) -> dict:
     """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
-    ``benchmarks_dir`` the folder of the attribution benchmarks (None: no compute table)."""
+    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table)."""
     compare = Comparer(plan, dumps)
     labels = compare.labels
     pairs = []
@@ -167,7 +168,7 @@ def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks_dir=None) 
         "sensitivity": sensitivity_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc_table(plan, summaries),
-    } | ({"compute": compute_table(plan, benchmarks_dir)} if benchmarks_dir is not None else {})
+    } | ({"compute": compute_table(plan, benchmarks)} if benchmarks is not None else {})
 
 
 def stability_matrix(pairs: pd.DataFrame, labels: list[str], metric: str = "spearman") -> np.ndarray:

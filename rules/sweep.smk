@@ -3,18 +3,18 @@ SWEEP_IG = (
     list(dict.fromkeys(k for e in SWEEP["entities"] for k in e["ig"])) if SWEEP else []
 )
 SWEEP_VALIDATION = [v["key"] for v in SWEEP["validation"]] if SWEEP else []
+SWEEP_BENCHMARKS = (
+    list(dict.fromkeys(b for e in SWEEP["entities"] for b in e["benchmarks"]))
+    if SWEEP
+    else []
+)
 
 
 rule sweep_stability:
     input:
         dumps=[path("ig", k, "dump.npz") for k in SWEEP_IG],
         summaries=[path("validation", k, "summary.csv") for k in SWEEP_VALIDATION],
-        benchmarks=[
-            f"{RESULTS}/benchmarks/{b}"
-            for b in dict.fromkeys(b for e in SWEEP["entities"] for b in e["benchmarks"])
-        ]
-        if SWEEP
-        else [],
+        benchmarks=[f"{RESULTS}/benchmarks/{b}" for b in SWEEP_BENCHMARKS],
     output:
         tables=directory(f"{RESULTS}/sweeps/{{key}}/tables"),
     log:
@@ -25,7 +25,9 @@ rule sweep_stability:
         "../envs/analysis.yaml"
     params:
         plan=SWEEP,
-        results=RESULTS,
+        ig_keys=SWEEP_IG,
+        validation_keys=SWEEP_VALIDATION,
+        benchmarks=SWEEP_BENCHMARKS,
     script:
         "../scripts/sweep_stability.py"
 

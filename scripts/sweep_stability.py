@@ -8,8 +8,8 @@ from headattr.diagnostics import write_tables  # noqa: E402
 from headattr.sweep_tables import sweep_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
-plan, results = sm.params.plan, sm.params.results
-dumps = {k: f"{results}/ig/{k}/dump.npz" for e in plan["entities"] for k in e["ig"]}
-summaries = {v["key"]: f"{results}/validation/{v['key']}/summary.csv" for v in plan["validation"]}
-for path in write_tables(sweep_tables(plan, dumps, summaries, f"{results}/benchmarks"), sm.output.tables):
+dumps = dict(zip(sm.params.ig_keys, sm.input.dumps, strict=True))
+summaries = dict(zip(sm.params.validation_keys, sm.input.summaries, strict=True))
+benchmarks = dict(zip(sm.params.benchmarks, sm.input.benchmarks, strict=True))
+for path in write_tables(sweep_tables(sm.params.plan, dumps, summaries, benchmarks), sm.output.tables):
     print(f"wrote {path}")

@@ -160,7 +160,7 @@ def test_compute_table_sums_the_benchmarks(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(header + f"{wall}\t0:00:02\t{rss}\t0\t0\t0\t0\t0\t1\t{cpu}\n")
     plan = {"entities": [{"label": "K=2", "benchmarks": ["a/s0.tsv", "a/s1.tsv"]}]}
-    row = compute_table(plan, tmp_path).iloc[0]
+    row = compute_table(plan, {b: tmp_path / b for b in plan["entities"][0]["benchmarks"]}).iloc[0]
     assert (row["attribute_jobs"], row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (2, 4.0, 6.0, 300.0)
 
 
