@@ -16,6 +16,7 @@ include: "rules/aggregate.smk"
 include: "rules/diagnostics.smk"
 include: "rules/validation.smk"
 include: "rules/report.smk"
+include: "rules/sweep.smk"
 include: "rules/demo_model.smk"
 
 

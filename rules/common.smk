@@ -14,11 +14,16 @@ from headattr.config import (
     validate_config,
     validation_groups,
 )
+from headattr.sweep import sweep_plan, sweep_points
 
 validate_config(config, Path.cwd())
+POINTS = sweep_points(config, lambda point: validate_config(point, Path.cwd()))
+# the configs whose artifacts this run can build: the base config and every sweep point
+CONFIGS = [config] + [p.config for p in POINTS]
 # model and input checks, once in the main process (jobs that re-parse the Snakefile skip them)
 if workflow.is_main_process:
-    check_inputs(config, Path.cwd())
+    for cfg in CONFIGS:
+        check_inputs(cfg, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
@@ -32,15 +37,29 @@ wildcard_constraints:
 
 HELDOUT = heldout_units(config)
 VALIDATION = validation_groups(config)
+# validation key -> (group, its config); (stage, key) -> (unit, its config); base config and sweep points
+VALIDATION_ALL, UNIT_CONFIG = {}, {}
+for cfg in CONFIGS:
+    for key, group in validation_groups(cfg).items():
+        VALIDATION_ALL.setdefault(key, (group, cfg))
+    for u in units(cfg) + heldout_units(cfg):
+        for stage, key in u.keys.items():
+            UNIT_CONFIG.setdefault((stage, key), (u, cfg))
 
 
 def _by_key(stage):
-    return {u.keys[stage]: u for u in UNITS + HELDOUT if stage in u.keys}
+    return {k: u for (s, k), (u, _) in UNIT_CONFIG.items() if s == stage}
 
 
 DATA_UNITS, TOKEN_UNITS, MASK_UNITS, IG_UNITS = (
     _by_key(stage) for stage in ("data", "tokens", "masks", "ig")
 )
+
+
+def config_for(stage, key):
+    """The config (base or sweep point) that the `stage` artifact with this key belongs to."""
+    unit_for(stage, key)
+    return UNIT_CONFIG[(stage, key)][1]
 
 
 def unit_for(stage, key):
@@ -89,7 +108,7 @@ def data_inputs():
 def ig_settings(wildcards):
     """AttributionSettings fields of one (seed, method) unit."""
     unit = unit_for("ig", wildcards.key)
-    o, ig = config["objective"], unit.slices["ig"]
+    o, ig = config_for("ig", wildcards.key)["objective"], unit.slices["ig"]
     return {
         "method": unit.method,
         **{
@@ -111,6 +130,8 @@ def path(stage, key, name):
 
 
 def get_final_output():
+    if POINTS:
+        return [f"{RESULTS}/sweeps/{sweep_plan(config, POINTS)['key']}/report.md"]
     return [
         f"{RESULTS}/reports/{REPORT_KEY}/summary.json",
         f"{RESULTS}/reports/{REPORT_KEY}/report.md",
@@ -122,7 +143,11 @@ def run_view():
     rebuilt; until that report exists the link dangles rather than show another config's report.
     """
     view = Path(RESULTS) / config["run"]
-    target = Path("reports") / REPORT_KEY
+    target = (
+        Path("sweeps", sweep_plan(config, POINTS)["key"])
+        if POINTS
+        else Path("reports") / REPORT_KEY
+    )
     view.parent.mkdir(parents=True, exist_ok=True)
     if view.is_symlink() or not view.exists():
         tmp = view.with_name(f".{view.name}.tmp")

@@ -38,7 +38,7 @@ rule tokenize:
     params:
         slice=lambda wc: unit_for("tokens", wc.key).slices["tokens"],
         model=model_settings(),
-        data=config["data"],
-        objective=config["objective"]["kind"],
+        data=lambda wc: config_for("tokens", wc.key)["data"],
+        objective=lambda wc: config_for("tokens", wc.key)["objective"]["kind"],
     script:
         "../scripts/tokenize.py"

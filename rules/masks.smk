@@ -18,6 +18,6 @@ rule draw_masks:
         slice=lambda wc: unit_for("masks", wc.key).slices["masks"],
         seed=lambda wc: unit_for("masks", wc.key).seed,
         model=model_settings(),
-        objective=config["objective"],
+        objective=lambda wc: config_for("masks", wc.key)["objective"],
     script:
         "../scripts/draw_masks.py"

@@ -1,12 +1,14 @@
 rule validate_pruning:
     input:
         dumps=lambda wc: [
-            path("ig", k, "dump.npz") for k in VALIDATION[wc.key][1].values()
+            path("ig", k, "dump.npz") for k in VALIDATION_ALL[wc.key][0][1].values()
         ],
         tokens=lambda wc: path(
-            "tokens", VALIDATION[wc.key][2].keys["tokens"], "tokens.npz"
+            "tokens", VALIDATION_ALL[wc.key][0][2].keys["tokens"], "tokens.npz"
         ),
-        masks=lambda wc: path("masks", VALIDATION[wc.key][2].keys["masks"], "masks.npz"),
+        masks=lambda wc: path(
+            "masks", VALIDATION_ALL[wc.key][0][2].keys["masks"], "masks.npz"
+        ),
         model=model_inputs(),
         imported=list(config["compare"]["importance_files"].values()),
     output:
@@ -25,12 +27,12 @@ rule validate_pruning:
         mem_mb=4000,
         runtime=120,
     params:
-        methods=lambda wc: list(VALIDATION[wc.key][1]),
+        methods=lambda wc: list(VALIDATION_ALL[wc.key][0][1]),
         model=model_settings(),
-        objective=config["objective"],
-        cfg=config["validation"],
+        objective=lambda wc: VALIDATION_ALL[wc.key][1]["objective"],
+        cfg=lambda wc: VALIDATION_ALL[wc.key][1]["validation"],
         engine=engine_settings(),
-        postprocess=config["report"]["postprocess"],
+        postprocess=lambda wc: VALIDATION_ALL[wc.key][1]["report"]["postprocess"],
         importance_files=config["compare"]["importance_files"],
     script:
         "../scripts/validate_pruning.py"

@@ -1,0 +1,179 @@
+"""``sweep:`` -> the points of an ablation sweep, each an ordinary validated config.
+
+A sweep names axes, each a dotted config key with a list of values, combined as a grid (every combination)
+or zipped (the i-th value of every axis). Point configs are the base config with the axis values set and
+``sweep`` removed; their artifact keys are content-derived, so points share every upstream artifact whose
+slice the axes leave alone, and a later sweep containing an earlier point finds its artifacts on disk.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+FIXED_SECTIONS = ("run", "results_dir", "sweep", "model", "demo_model", "shard")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One sweep point: its name, its value per axis (in axis order) and its validated config."""
+
+    name: str
+    values: dict
+    config: dict
+
+
+def value_label(value) -> str:
+    """Short, path-free text of an axis value (lists as compact JSON)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _get(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(part)
+        node = node[part]
+    return node
+
+
+def _set(config: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[last] = copy.deepcopy(value)
+
+
+def check_axes(config: dict) -> dict:
+    """``{axis name: (key, values)}``; raises naming ``sweep.axes.<name>`` on an unknown or fixed key, an axis
+    with fewer than two values, repeated values, or mismatched lengths in zip mode."""
+    sweep = config["sweep"]
+    axes = {}
+    for name, axis in sweep["axes"].items():
+        key, values = axis["key"], axis["values"]
+        where = f"sweep.axes.{name}"
+        if key.split(".")[0] in FIXED_SECTIONS:
+            raise ConfigError(f"{where}.key: {key!r} cannot be swept (sweep attribution, objective, data or seed keys)")
+        try:
+            _get(config, key)
+        except KeyError:
+            raise ConfigError(f"{where}.key: {key!r} is not a config key") from None
+        if len(values) < 2:
+            raise ConfigError(f"{where}.values: an axis needs at least two values, got {values!r}")
+        labels = [value_label(v) for v in values]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{where}.values: repeated values {values!r}")
+        axes[name] = (key, values)
+    if len({key for key, _ in axes.values()}) != len(axes):
+        raise ConfigError("sweep.axes: two axes set the same config key")
+    if sweep["mode"] == "zip" and len({len(v) for _, v in axes.values()}) > 1:
+        lengths = {n: len(v) for n, (_, v) in axes.items()}
+        raise ConfigError(f"sweep.axes: zip mode needs axes of equal length, got {lengths}")
+    return axes
+
+
+def point_name(values: dict) -> str:
+    return ",".join(f"{axis}={value_label(v)}" for axis, v in values.items())
+
+
+def sweep_points(config: dict, validate) -> list[Point]:
+    """Every point of ``config['sweep']`` (``[]`` without a sweep), each config checked by ``validate(cfg)``;
+    a bad value raises naming its axis, value and key."""
+    if not config["sweep"]["axes"]:
+        return []
+    axes = check_axes(config)
+    names = list(axes)
+    combos = (
+        itertools.product(*(v for _, v in axes.values()))
+        if config["sweep"]["mode"] == "grid"
+        else zip(*(v for _, v in axes.values()), strict=True)
+    )
+    points = []
+    for combo in combos:
+        values = dict(zip(names, combo, strict=True))
+        point = copy.deepcopy(config)
+        point["sweep"] = {}
+        for name, value in values.items():
+            _set(point, axes[name][0], value)
+        try:
+            validate(point)
+        except ConfigError as exc:
+            bad = ", ".join(f"sweep.axes.{n} ({axes[n][0]}={value_label(v)!s})" for n, v in values.items())
+            raise ConfigError(f"sweep point {bad}: {exc}") from None
+        points.append(Point(point_name(values), values, point))
+    reference_point(config, points)
+    return points
+
+
+def reference_point(config: dict, points: list[Point]) -> Point:
+    """The point named by ``sweep.reference`` ({axis: value}; axes left out take their first value)."""
+    axes = config["sweep"]["axes"]
+    given = config["sweep"]["reference"] or {}
+    unknown = sorted(set(given) - set(axes))
+    if unknown:
+        raise ConfigError(f"sweep.reference: {unknown} are not axes of the sweep ({sorted(axes)})")
+    want = {n: value_label(given[n]) if n in given else value_label(a["values"][0]) for n, a in axes.items()}
+    for point in points:
+        if {n: value_label(v) for n, v in point.values.items()} == want:
+            return point
+    raise ConfigError(f"sweep.reference: {given!r} is not a point of the sweep")
+
+
+SETTINGS = ("topk", "layer_topk", "tolerance", "n_boot", "seed")
+
+
+def sweep_plan(config: dict, points: list[Point]) -> dict:
+    """What the comparison of the points needs, JSON-ready, and its artifact key.
+
+    ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
+    seeds, its attribution benchmark files (under the benchmarks folder), its postprocess; ``validation``:
+    (point, pruning-validation key) pairs; ``reference``: the reference point's name; ``axes``: {name: {key,
+    values (labels), numeric, order}}.
+    """
+    from .config import stage_key, units, validation_groups
+
+    entities = []
+    for point in points:
+        methods = point.config["ig"]["methods"]
+        by_method, benchmarks = {}, {}
+        for unit in units(point.config):
+            by_method.setdefault(unit.method, []).append(unit.keys["ig"])
+            benchmarks.setdefault(unit.method, []).extend(f"attribute/{unit.keys['ig']}/{s}.tsv" for s in unit.shards)
+        for method in methods:
+            entities.append(
+                {
+                    "label": point.name if len(methods) == 1 else f"{point.name}|{method}",
+                    "point": point.name,
+                    "method": method,
+                    "values": {n: value_label(v) for n, v in point.values.items()},
+                    "ig": by_method[method],
+                    "benchmarks": benchmarks[method],
+                    "postprocess": point.config["report"]["postprocess"],
+                }
+            )
+    validation = [{"point": p.name, "key": k} for p in points for k in validation_groups(p.config)]
+    axes = {
+        name: {
+            "key": axis["key"],
+            "values": [value_label(v) for v in axis["values"]],
+            "numeric": all(isinstance(v, int | float) and not isinstance(v, bool) for v in axis["values"]),
+            "order": [float(v) if isinstance(v, int | float) else None for v in axis["values"]],
+        }
+        for name, axis in config["sweep"]["axes"].items()
+    }
+    plan = {
+        "entities": entities,
+        "validation": validation,
+        "reference": reference_point(config, points).name,
+        "axes": axes,
+        "mode": config["sweep"]["mode"],
+        "settings": {k: config["sweep"][k] for k in SETTINGS},
+    }
+    return plan | {"key": stage_key(f"{config['run']}-sweep", plan)}

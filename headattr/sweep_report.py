@@ -1,0 +1,83 @@
+"""The sweep report: markdown over the sweep tables, a stability-matrix heatmap and a sensitivity plot per axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .dumps import atomic_write
+from .sweep_tables import stability_matrix
+
+
+def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A markdown table (floats as ``floatfmt``; nan and missing as empty cells)."""
+    if df.empty:
+        return "_none_\n"
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "|".join("---" for _ in df.columns) + "|"]
+    for row in df.itertuples(index=False):
+        cells = ["" if pd.isna(v) else format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_plot(df: pd.DataFrame, axis: str, path) -> Path:
+    """Global Spearman (with its interval) of each value of ``axis`` with the reference point."""
+    rows = df[(df["axis"] == axis) & (df["metric"] == "spearman")]
+    fig, ax = plots.plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 3.5))
+    x = range(len(rows))
+    ax.errorbar(
+        x,
+        rows["value"],
+        yerr=[rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]],
+        fmt="o",
+        capsize=3,
+    )
+    ax.set_xticks(list(x), rows["label"], rotation=30, ha="right")
+    ax.set_ylabel("Spearman with the reference")
+    ax.set_title(f"sensitivity to {axis}")
+    return plots._save(fig, path)
+
+
+def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None:
+    labels = [e["label"] for e in plan["entities"]]
+    figures = Path(figures_dir)
+    mat = stability_matrix(tables["pairs"], labels)
+    plots.matrix_heatmap(mat, "Spearman between sweep points", figures / "stability_matrix.png", "Spearman")
+    for axis in plan["axes"]:
+        sensitivity_plot(tables["sensitivity"], axis, figures / f"sensitivity_{axis}.png")
+    axes = pd.DataFrame(
+        [{"axis": n, "key": a["key"], "values": ", ".join(a["values"])} for n, a in plan["axes"].items()]
+    )
+    sens = tables["sensitivity"]
+    sens = sens[sens["metric"].isin(["spearman", "pearson"]) | sens["metric"].str.startswith("top")]
+    wide = sens.pivot_table(index=["axis", "axis_value", "label"], columns="metric", values="value", sort=False)
+    s = plan["settings"]
+    text = [
+        f"# Sweep `{plan['key']}`\n",
+        f"{len(labels)} points ({plan['mode']}), reference `{plan['reference']}`. Agreement of the mean rankings "
+        f"(importance after each point's `report.postprocess`); intervals: BCa bootstrap over samples, "
+        f"{s['n_boot']} resamples (scipy.stats.bootstrap), in `pairs.csv` and `sensitivity.csv`.\n",
+        "## Axes\n",
+        _md(axes),
+        "## Stability matrix (global Spearman)\n",
+        _md(pd.DataFrame(mat, columns=labels).assign(point=labels)[["point", *labels]]),
+        "![stability matrix](figures/stability_matrix.png)\n",
+        "## Sensitivity (agreement with the reference)\n",
+        _md(wide.reset_index()),
+        *(f"![sensitivity to {a}](figures/sensitivity_{a}.png)\n" for a in plan["axes"]),
+        f"## Convergence (Spearman with the largest value; tolerance {s['tolerance']})\n",
+        _md(tables["convergence"]),
+        "## Held-out pruning AOPC per point\n",
+        _md(tables["aopc"]),
+    ]
+    if "compute" in tables:
+        c = tables["compute"]
+        text += [
+            "## Compute per point (attribution jobs, Snakemake benchmarks)\n",
+            _md(c, ".1f"),
+            f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU "
+            "(a point shared with an earlier sweep shows its original cost).\n",
+        ]
+    atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(text)))

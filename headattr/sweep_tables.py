@@ -1,0 +1,181 @@
+"""Stability of head rankings across the points of a sweep (see :func:`headattr.sweep.sweep_plan`), as tidy tables.
+
+- ``points``: one row per entity (point, method): axis values, seeds' ig keys, samples.
+- ``pairs``: agreement of every pair of entities (global and per layer; Spearman, Pearson, top-K overlap), with
+  BCa bootstrap intervals over samples (paired when both saw the same samples).
+- ``sensitivity``: per axis and value, the global agreement with the reference point (other axes at the
+  reference's values in grid mode).
+- ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
+  it stays >= ``sweep.tolerance``.
+- ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
+- ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
+  over seeds and shards, peak resident memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import per_sample_importance
+from .dumps import load_dump
+from .stats.stability import converged_at, pair_stability
+
+
+def entity_samples(entity: dict, dumps: dict) -> tuple[np.ndarray, list[str]]:
+    """Per-sample importance [N, L, H] of an entity (its seeds' samples in seed order) and sample ids."""
+    arrays = [load_dump(dumps[k]) for k in entity["ig"]]
+    x = np.concatenate([per_sample_importance(a, entity["postprocess"]) for a in arrays])
+    ids = [f"{i}:{s}" for i, a in enumerate(arrays) for s in a["sample_ids"].tolist()]
+    return x, ids
+
+
+class Comparer:
+    """Memoised :func:`pair_stability` between entities of a plan."""
+
+    def __init__(self, plan: dict, dumps: dict):
+        self.settings = plan["settings"]
+        self.labels = [e["label"] for e in plan["entities"]]
+        self.samples = {e["label"]: entity_samples(e, dumps) for e in plan["entities"]}
+        self.cache: dict = {}
+
+    def __call__(self, a: str, b: str) -> pd.DataFrame:
+        key = tuple(sorted((a, b)))
+        if key not in self.cache:
+            (xa, ia), (xb, ib) = self.samples[key[0]], self.samples[key[1]]
+            s = self.settings
+            self.cache[key] = pair_stability(xa, xb, ia == ib, s["topk"], s["layer_topk"], s["n_boot"], s["seed"])
+        return self.cache[key]
+
+
+def _reference_entity(plan: dict, entity: dict) -> dict:
+    ref = [e for e in plan["entities"] if e["point"] == plan["reference"]]
+    same = [e for e in ref if e["method"] == entity["method"]]
+    return (same or ref)[0]
+
+
+def _axis_slice(plan: dict, axis: str) -> list[dict]:
+    """Entities that vary only along ``axis`` from the reference (grid), or every entity (zip)."""
+    if plan["mode"] == "zip":
+        return list(plan["entities"])
+    ref = _reference_entity(plan, plan["entities"][0])["values"]
+    return [e for e in plan["entities"] if all(v == ref[n] for n, v in e["values"].items() if n != axis)]
+
+
+def _global(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["scope"] == "global"].drop(columns=["scope", "layer"])
+
+
+def sensitivity_table(plan: dict, compare: Comparer) -> pd.DataFrame:
+    rows = []
+    for axis in plan["axes"]:
+        for entity in _axis_slice(plan, axis):
+            ref = _reference_entity(plan, entity)
+            stab = _global(compare(entity["label"], ref["label"]))
+            meta = {"axis": axis, "axis_value": entity["values"][axis], "label": entity["label"]}
+            meta["reference"] = ref["label"]
+            rows += [meta | r for r in stab.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
+def convergence_table(plan: dict, compare: Comparer, tolerance: float) -> pd.DataFrame:
+    rows = []
+    for axis, spec in plan["axes"].items():
+        if not spec["numeric"]:
+            continue
+        order = dict(zip(spec["values"], spec["order"], strict=True))
+        for method in dict.fromkeys(e["method"] for e in plan["entities"]):
+            line = sorted(
+                (e for e in _axis_slice(plan, axis) if e["method"] == method), key=lambda e: order[e["values"][axis]]
+            )
+            if len(line) < 2:
+                continue
+            largest = line[-1]
+            rho = [
+                float(_global(compare(e["label"], largest["label"])).set_index("metric").loc["spearman", "value"])
+                for e in line
+            ]
+            values = [order[e["values"][axis]] for e in line]
+            at = converged_at(values, rho, tolerance)
+            rows += [
+                {
+                    "axis": axis,
+                    "method": method,
+                    "axis_value": v,
+                    "label": e["label"],
+                    "spearman_vs_largest": r,
+                    "tolerance": tolerance,
+                    "converged_at": at,
+                }
+                for v, e, r in zip(values, line, rho, strict=True)
+            ]
+    return pd.DataFrame(rows)
+
+
+def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
+    """Mean over seeds of the held-out AOPC (and vs random) per point, method, mode and order."""
+    frames = []
+    for row in plan["validation"]:
+        df = pd.read_csv(summaries[row["key"]])
+        frames.append(df[df["method"] != "random"].assign(point=row["point"]))
+    if not frames:
+        return pd.DataFrame(columns=["point", "method", "mode", "order", "aopc", "aopc_vs_random", "n_seeds"])
+    df = pd.concat(frames)
+    return (
+        df.groupby(["point", "method", "mode", "order"], sort=False)
+        .agg(aopc=("aopc", "mean"), aopc_vs_random=("aopc_vs_random", "mean"), n_seeds=("aopc", "size"))
+        .reset_index()
+    )
+
+
+def compute_table(plan: dict, benchmarks: dict) -> pd.DataFrame:
+    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}."""
+    rows = []
+    for e in plan["entities"]:
+        bench = pd.concat([pd.read_csv(benchmarks[b], sep="\t") for b in e["benchmarks"]])
+        rows.append(
+            {
+                "label": e["label"],
+                "attribute_jobs": len(bench),
+                "wall_s": float(bench["s"].sum()),
+                "cpu_s": float(bench["cpu_time"].sum()),
+                "max_rss_mb": float(bench["max_rss"].max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None) -> dict:
+    """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
+    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table)."""
+    compare = Comparer(plan, dumps)
+    labels = compare.labels
+    pairs = []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            pairs.append(compare(a, b).assign(a=a, b=b))
+    points = pd.DataFrame(
+        [
+            {"label": e["label"], "point": e["point"], "method": e["method"], **e["values"]}
+            | {"n_samples": len(compare.samples[e["label"]][1]), "ig_keys": " ".join(e["ig"])}
+            for e in plan["entities"]
+        ]
+    )
+    columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high"]
+    return {
+        "points": points,
+        "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),
+        "sensitivity": sensitivity_table(plan, compare),
+        "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
+        "aopc": aopc_table(plan, summaries),
+    } | ({"compute": compute_table(plan, benchmarks)} if benchmarks is not None else {})
+
+
+def stability_matrix(pairs: pd.DataFrame, labels: list[str], metric: str = "spearman") -> np.ndarray:
+    """[n, n] global ``metric`` between entities (diagonal 1) from the ``pairs`` table."""
+    index = {label: i for i, label in enumerate(labels)}
+    mat = np.eye(len(labels))
+    rows = pairs[(pairs["scope"] == "global") & (pairs["metric"] == metric)]
+    for a, b, v in rows[["a", "b", "value"]].itertuples(index=False):
+        mat[index[a], index[b]] = mat[index[b], index[a]] = v
+    return mat

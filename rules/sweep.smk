@@ -1,0 +1,53 @@
+SWEEP = sweep_plan(config, POINTS) if POINTS else None
+SWEEP_IG = (
+    list(dict.fromkeys(k for e in SWEEP["entities"] for k in e["ig"])) if SWEEP else []
+)
+SWEEP_VALIDATION = [v["key"] for v in SWEEP["validation"]] if SWEEP else []
+SWEEP_BENCHMARKS = (
+    list(dict.fromkeys(b for e in SWEEP["entities"] for b in e["benchmarks"]))
+    if SWEEP
+    else []
+)
+
+
+rule sweep_stability:
+    input:
+        dumps=[path("ig", k, "dump.npz") for k in SWEEP_IG],
+        summaries=[path("validation", k, "summary.csv") for k in SWEEP_VALIDATION],
+        benchmarks=[f"{RESULTS}/benchmarks/{b}" for b in SWEEP_BENCHMARKS],
+    output:
+        tables=directory(f"{RESULTS}/sweeps/{{key}}/tables"),
+    log:
+        f"{RESULTS}/logs/sweep_stability/{{key}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sweep_stability/{{key}}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        plan=SWEEP,
+        ig_keys=SWEEP_IG,
+        validation_keys=SWEEP_VALIDATION,
+        benchmarks=SWEEP_BENCHMARKS,
+    script:
+        "../scripts/sweep_stability.py"
+
+
+rule sweep_report:
+    input:
+        tables=f"{RESULTS}/sweeps/{{key}}/tables",
+    output:
+        report_md=f"{RESULTS}/sweeps/{{key}}/report.md",
+        figures=report(
+            directory(f"{RESULTS}/sweeps/{{key}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/sweep.rst",
+            category="Sweep",
+        ),
+    log:
+        f"{RESULTS}/logs/sweep_report/{{key}}.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        plan=SWEEP,
+    script:
+        "../scripts/sweep_report.py"

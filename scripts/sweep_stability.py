@@ -1,0 +1,15 @@
+"""Rule sweep_stability: agreement of the head rankings of every sweep point, as tidy CSVs."""
+
+from headattr.workflow import log_to
+
+log_to(snakemake.log[0])  # noqa: F821
+
+from headattr.diagnostics import write_tables  # noqa: E402
+from headattr.sweep_tables import sweep_tables  # noqa: E402
+
+sm = snakemake  # noqa: F821
+dumps = dict(zip(sm.params.ig_keys, sm.input.dumps, strict=True))
+summaries = dict(zip(sm.params.validation_keys, sm.input.summaries, strict=True))
+benchmarks = dict(zip(sm.params.benchmarks, sm.input.benchmarks, strict=True))
+for path in write_tables(sweep_tables(sm.params.plan, dumps, summaries, benchmarks), sm.output.tables):
+    print(f"wrote {path}")
