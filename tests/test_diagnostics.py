@@ -96,12 +96,13 @@ def test_tables_round_trip(tmp_path):
 
 
 def test_depth_bins_ranges_are_checked_against_the_model_before_any_rule():
-    from headattr.config import validate_config
+    from headattr.config import model_n_layers, validate_config
     from headattr.errors import ConfigError
 
-    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, 4]]}}, REPO)  # the demo model: 4 layers
-    assert ok["diagnostics"]["depth_bins"] == [[0, 1], [1, 4]]
-    with pytest.raises(ConfigError, match=r"diagnostics.depth_bins: \[\[0, 6\], \[6, 16\]\]"):
-        validate_config({"diagnostics": {"depth_bins": [[0, 6], [6, 16]]}}, REPO)
+    n = model_n_layers(str(REPO / "resources" / "demo" / "model"))  # the default config's model
+    ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, n]]}}, REPO)
+    assert ok["diagnostics"]["depth_bins"] == [[0, 1], [1, n]]
+    with pytest.raises(ConfigError, match=rf"diagnostics.depth_bins: \[\[{n}, {n + 10}\]\] not"):
+        validate_config({"diagnostics": {"depth_bins": [[0, n], [n, n + 10]]}}, REPO)
     with pytest.raises(ConfigError, match="diagnostics.depth_bins"):
         validate_config({"diagnostics": {"depth_bins": [[0]]}}, REPO)
