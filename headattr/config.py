@@ -47,12 +47,16 @@ def model_n_layers(path: str) -> int:
 
 
 def input_checksums(config: dict) -> dict:
-    """Content checksums of the data source and model files (see :func:`headattr.workflow.input_checksums`)."""
+    """Content checksums of the data source (when the config has one) and model files (see
+    :func:`headattr.workflow.input_checksums`)."""
     from .data.sources import demo_corpus_path
     from .workflow import input_checksums as checksums
 
-    source = config["data"]["source"]
-    path = demo_corpus_path() if source == "demo" else None if source.startswith("hf:") else Path(source)
+    source = config.get("data", {}).get("source")
+    if source is None or source.startswith("hf:"):
+        path = None
+    else:
+        path = demo_corpus_path() if source == "demo" else Path(source)
     cache = Path(".snakemake") / "headattr-checksums.json"
     return checksums(path, config["model"]["path"], cache)
 
@@ -60,7 +64,7 @@ def input_checksums(config: dict) -> dict:
 def model_slice(config: dict) -> dict:
     m = config["model"]
     out = {k: m.get(k) for k in ("path", "adapter", "dtype", "mask_token_id", "attn_implementation")}
-    out["files_sha256"] = input_checksums(config)["model"]
+    out["files_sha256"] = input_checksums({"model": m})["model"]  # the model's files only
     if m.get("autocast"):  # only when set, so configs without it keep their artifact keys
         out["autocast"] = m["autocast"]
     return out
