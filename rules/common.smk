@@ -173,6 +173,8 @@ def previews_only(argv):
 # Snakemake runs no hook when nothing is to be done, so the view is set here, before the DAG runs.
 if workflow.is_main_process and not previews_only(sys.argv[1:]):
     run_view()
+
+
 def get_demo_corpus():
     """The shipped corpus, or one rebuilt from the source packages (demo_model.rebuild_corpus)."""
     if config["demo_model"]["rebuild_corpus"]:
