@@ -26,9 +26,8 @@ def per_sample_scores(arrays: dict) -> np.ndarray:
     return arrays["ig"].astype(np.float64).mean(axis=1)
 
 
-def per_sample_importance(arrays: dict, postprocess: str = "signed") -> np.ndarray:
-    """Post-processed importance per sample [N, L, H]: f(-x_i), f from ``postprocess`` (see module docstring)."""
-    y = -per_sample_scores(arrays)
+def postprocess_importance(y: np.ndarray, postprocess: str = "signed") -> np.ndarray:
+    """f(y) of ``report.postprocess`` (see module docstring) on importance values y = -IG."""
     if postprocess == "signed":
         return y
     if postprocess == "abs":
@@ -36,6 +35,17 @@ def per_sample_importance(arrays: dict, postprocess: str = "signed") -> np.ndarr
     if postprocess == "relu":
         return np.maximum(y, 0.0)
     raise ValueError(f"report.postprocess: {postprocess!r} is not one of {POSTPROCESS}")
+
+
+def postprocessed_scores(x: np.ndarray, postprocess: str = "signed") -> np.ndarray:
+    """-f(-x): post-processed importance back in the score convention of the dumps (descending importance =
+    ascending score), the input every ranking statistic of :mod:`headattr.stats` takes; identity for signed."""
+    return -postprocess_importance(-np.asarray(x, dtype=np.float64), postprocess)
+
+
+def per_sample_importance(arrays: dict, postprocess: str = "signed") -> np.ndarray:
+    """Post-processed importance per sample [N, L, H]: f(-x_i), f from ``postprocess`` (see module docstring)."""
+    return postprocess_importance(-per_sample_scores(arrays), postprocess)
 
 
 def attributed_layers(arrays: dict) -> list[int]:

@@ -215,6 +215,8 @@ def diagnostic_groups(config: dict) -> dict:
     "methods": {key: (seed, {method: ig_key})}}``.
     """
     diag = config["diagnostics"]
+    if config["report"]["postprocess"] != "signed":  # only when set, so that default configs keep their keys
+        diag = {**diag, "postprocess": config["report"]["postprocess"]}
     all_units = units(config)
     by = {(u.method, u.seed): u.keys["ig"] for u in all_units}
     out: dict = {"unit": {}, "seeds": {}, "methods": {}}

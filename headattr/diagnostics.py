@@ -9,6 +9,10 @@
   specificity.
 
 Every function returns ``{name: DataFrame | dict | ndarray}``; :func:`write_tables` stores them (CSV, JSON, NPY).
+Scores are the ``report.postprocess`` importance f(-IG) per sample (per sample and mask probability for the
+mask-ratio tables), given back in the dumps' score convention -f(-IG) (identical to the raw IG for ``signed``).
+Only the layers of ``ig.layers`` enter: the other heads were never gated, so their zeros would pass for perfect
+agreement; ``layer`` columns keep the model's layer numbers.
 """
 
 from __future__ import annotations
@@ -43,11 +47,44 @@ def _ks(ks, n: int) -> tuple[int, ...]:
     return tuple(k for k in ks if k < n) or (max(1, n // 2),)
 
 
-def unit_diagnostics(arrays: dict, cfg: dict | None = None) -> dict:
+def _scores(arrays: dict, postprocess: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(per-sample scores [N, l, H], per-(sample, p) scores [N, P, l, H], attributed layers) of a dump: the
+    attributed layers only, post-processed and in the score convention (see the module docstring)."""
+    from .aggregate import attributed_layers, postprocessed_scores
+
+    layers = attributed_layers(arrays)
+    ig = arrays["ig"].astype(np.float64)[:, :, layers]
+    return postprocessed_scores(ig.mean(axis=1), postprocess), postprocessed_scores(ig, postprocess), layers
+
+
+def _model_layers(value, layers: list[int]):
+    """Tables with their local ``layer`` indices (0 = first attributed layer) mapped to the model's layers."""
+    if layers == list(range(len(layers))):
+        return value
+    if isinstance(value, pd.DataFrame) and "layer" in value:
+        out = value.copy()
+        out["layer"] = [layers[int(i)] for i in out["layer"]]
+        if "label" in out:
+            out["label"] = [f"L{a}H{b}" for a, b in zip(out["layer"], out["head"], strict=True)]
+        return out
+    if isinstance(value, dict):
+        return {k: (layers[int(v)] if k == "layer" else _model_layers(v, layers)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_model_layers(v, layers) for v in value]
+    return value
+
+
+def _local_bins(bins, layers: list[int]):
+    """``diagnostics.depth_bins`` given as model-layer ranges [[a, b), ...] in local indices of ``layers``."""
+    if isinstance(bins, int):
+        return min(bins, len(layers))
+    return [[max(0, a - layers[0]), min(len(layers), b - layers[0])] for a, b in bins]
+
+
+def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "signed") -> dict:
     """Diagnostics of one dump (arrays of :mod:`headattr.dumps`)."""
     c = _cfg(cfg)
-    ig = arrays["ig"].astype(np.float64)  # [N, P, L, H]
-    per_sample = ig.mean(axis=1)
+    per_sample, ig, layers = _scores(arrays, postprocess)  # [N, l, H], [N, P, l, H]
     n, n_p, n_layers, n_heads = ig.shape
     ks = _ks(c["topk"], n_layers * n_heads)
     ns = sorted({min(x, n) for x in c["sample_counts"]} | {n})
@@ -98,21 +135,24 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None) -> dict:
         "variance_mean": variance["mean"],
         "variance_count_above": out["head_variance_summary"]["count_above"],
     }
-    return out
+    return {k: _model_layers(v, layers) for k, v in out.items()}
 
 
-def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dict | None = None) -> dict:
+def seed_diagnostics(
+    arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dict | None = None, postprocess: str = "signed"
+) -> dict:
     """Consistency of one method between two seeds (report 2's tables)."""
     c = _cfg(cfg)
-    ps_a = arrays_a["ig"].astype(np.float64).mean(1)
-    ps_b = arrays_b["ig"].astype(np.float64).mean(1)
+    ps_a, _, layers = _scores(arrays_a, postprocess)
+    ps_b, _, layers_b = _scores(arrays_b, postprocess)
+    if layers != layers_b:
+        raise ValueError(f"the two seeds attribute different layers ({layers} vs {layers_b}): compare like with like")
     n_layers, n_heads = ps_a.shape[1:]
-    bins = c["depth_bins"]
     res = stats.cross_seed_consistency(
         ps_a.mean(0),
         ps_b.mean(0),
         ks=c["topk"],
-        depth_bins=min(bins, n_layers) if isinstance(bins, int) else bins,
+        depth_bins=_local_bins(c["depth_bins"], layers),
         n_boot=c["n_boot"],
         n_perm=c["n_perm"],
         seed=c["seed"],
@@ -154,7 +194,7 @@ def seed_diagnostics(arrays_a: dict, arrays_b: dict, labels=("a", "b"), cfg: dic
         f"top{k10}_overlap": float(per_layer_topk.loc[k10, "mean_overlap"]),
         f"top{k10}_random": float(per_layer_topk.loc[k10, "random_expected"]),
     }
-    return out
+    return {k: _model_layers(v, layers) for k, v in out.items()}
 
 
 def method_diagnostics(
@@ -162,14 +202,18 @@ def method_diagnostics(
 ) -> dict:
     """Agreement between methods on one seed (and imported [L, H] importance files) and each method's sample
     specificity; rankings use the ``report.postprocess`` importance."""
-    from .aggregate import per_sample_importance
-
     c = _cfg(cfg)
-    per_sample = {m: -per_sample_importance(a, postprocess) for m, a in arrays_by_method.items()}
+    views = {m: _scores(a, postprocess) for m, a in arrays_by_method.items()}
+    layers = next(iter(views.values()))[2]
+    if any(v[2] != layers for v in views.values()):
+        raise ValueError(f"methods attribute different layers: { {m: v[2] for m, v in views.items()} }")
+    per_sample = {m: v[0] for m, v in views.items()}
     any_ps = next(iter(per_sample.values()))
     ks = _ks(c["topk"][:2], any_ps.shape[1] * any_ps.shape[2])
     out = {"specificity": stats.method_specificity(per_sample)}
-    compared = per_sample | {name: -np.asarray(m, dtype=np.float64)[None] for name, m in (imported or {}).items()}
+    compared = per_sample | {
+        name: -np.asarray(m, dtype=np.float64)[None, layers] for name, m in (imported or {}).items()
+    }
     if len(compared) >= 2:
         out["comparison"] = stats.method_comparison(compared, ks=ks)
     out["headline"] = {

@@ -281,13 +281,15 @@ def validate_pruning(
 ) -> dict:
     """Deletion curves on held-out samples for every method's ranking (mean post-processed importance over
     samples, see :func:`headattr.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
-    from .aggregate import importance_matrix
+    from .aggregate import attributed_layers, importance_matrix
     from .exports import load_importance_file
     from .objective.loss import build_scored_input
     from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
 
-    # deletion curves rank by ascending score = descending importance
-    rankings = {m: -importance_matrix(load_dump(p), postprocess) for m, p in dump_paths.items()}
+    # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
+    dumps = {m: load_dump(p) for m, p in dump_paths.items()}
+    rankings = {m: -importance_matrix(d, postprocess) for m, d in dumps.items()}
+    layers = sorted({layer for d in dumps.values() for layer in attributed_layers(d)})
     samples = unpack_samples(load_npz(tokens_path))
     masks = unpack_masks(load_npz(masks_path))
     model, _, adapter = load_adapter(model_cfg)
@@ -310,13 +312,19 @@ def validate_pruning(
     ]
     engine = engine_for(adapter, model_cfg, engine_cfg)
     seeds = list(range(cfg["random_orders"]))
-    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds)
+    candidates = [layer * adapter.n_heads + h for layer in layers for h in range(adapter.n_heads)]
+    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds, candidates=candidates)
     if cfg["iterative"]:
         from .methods.first_order import first_order
 
         reattribute = {"first_order": reattributor(first_order, engine, scored)}
         curves = pd.concat(
-            [curves, iterative_deletion_curves(engine, scored, reattribute, cfg["fractions"], seeds=seeds)],
+            [
+                curves,
+                iterative_deletion_curves(
+                    engine, scored, reattribute, cfg["fractions"], seeds=seeds, candidates=candidates
+                ),
+            ],
             ignore_index=True,
         )
     summary = deletion_summary(curves, cfg["tolerance"])

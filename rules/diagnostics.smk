@@ -16,6 +16,7 @@ rule diagnose_unit:
         "../envs/analysis.yaml"
     params:
         cfg=config["diagnostics"],
+        postprocess=config["report"]["postprocess"],
     script:
         "../scripts/diagnose.py"
 
@@ -40,6 +41,7 @@ rule diagnose_seeds:
             f"seed{DIAG['seeds'][wc.key][1]}",
             f"seed{DIAG['seeds'][wc.key][2]}",
         ],
+        postprocess=config["report"]["postprocess"],
     script:
         "../scripts/diagnose.py"
 

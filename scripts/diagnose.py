@@ -10,9 +10,10 @@ from headattr.dumps import load_dump  # noqa: E402
 sm = snakemake  # noqa: F821
 cfg = dict(sm.params.cfg)
 if sm.rule == "diagnose_unit":
-    tables = diagnostics.unit_diagnostics(load_dump(sm.input.dump), cfg)
+    tables = diagnostics.unit_diagnostics(load_dump(sm.input.dump), cfg, sm.params.postprocess)
 elif sm.rule == "diagnose_seeds":
-    tables = diagnostics.seed_diagnostics(load_dump(sm.input.dump_a), load_dump(sm.input.dump_b), sm.params.labels, cfg)
+    dumps = load_dump(sm.input.dump_a), load_dump(sm.input.dump_b)
+    tables = diagnostics.seed_diagnostics(*dumps, sm.params.labels, cfg, sm.params.postprocess)
 else:
     from headattr.exports import load_importance_file
 

@@ -5,6 +5,8 @@ probabilities, each (sample, p) row weighted equally) with round(fraction * n_he
 fraction. Rankings follow importance = -score (scores are raw quantities of the loss, negative = the head
 lowers it): ``most_first`` removes the most important heads first, ``least_first`` the least important.
 ``random`` curves remove heads in ``np.random.default_rng(seed).permutation(n_heads)`` order.
+``candidates`` (flat head indices; default all) limits every order to those heads and fractions to their count:
+with ``ig.layers`` only the attributed heads are ranked, so heads never gated are never removed.
 
 ``one_shot`` ranks once; ``iterative`` asks a callable for new scores given the current gates before every
 step (as Michel et al.'s ``mask_heads``) and only ever switches further heads off among those still on.
@@ -63,14 +65,28 @@ def _gates_from_order(order: np.ndarray, counts: Sequence[int], shape: tuple[int
     return gates.reshape(len(counts), *shape)
 
 
-def _iterative_gates(reattribute: Reattribute, order: str, counts: Sequence[int], shape) -> torch.Tensor:
+def _candidates(candidates, shape) -> np.ndarray:
+    n = shape[0] * shape[1]
+    out = np.arange(n) if candidates is None else np.unique(np.asarray(candidates, dtype=np.int64))
+    if not len(out) or out[0] < 0 or out[-1] >= n:
+        raise ValueError(f"candidates must be a non-empty subset of the {n} head indices")
+    return out
+
+
+def _ranked(scores: np.ndarray, order: str, candidates: np.ndarray) -> np.ndarray:
+    return candidates[removal_order(np.asarray(scores, dtype=np.float64).reshape(-1)[candidates], order)]
+
+
+def _iterative_gates(
+    reattribute: Reattribute, order: str, counts: Sequence[int], shape, candidates: np.ndarray
+) -> torch.Tensor:
     """[len(counts), L, H]: before each step that removes heads, rescore at the current gates and switch off the
-    next heads in ``order`` among those still on."""
+    next heads in ``order`` among the candidates still on."""
     gates, out, done = torch.ones(shape[0] * shape[1]), [], 0
     for count in counts:
         if count > done:
             scores = np.asarray(reattribute(gates.reshape(shape).clone()), dtype=np.float64).reshape(-1)
-            still_on = np.flatnonzero(gates.numpy() == 1.0)
+            still_on = candidates[gates.numpy()[candidates] == 1.0]
             ranked = still_on[removal_order(scores[still_on], order)]
             gates[torch.as_tensor(ranked[: count - done], dtype=torch.long)] = 0.0
             done = count
@@ -119,10 +135,16 @@ def _curves(engine, scored_inputs, labelled_gates, fractions, counts) -> pd.Data
     return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
 
 
-def _random_gates(mode, seeds, counts, shape) -> list:
-    n = shape[0] * shape[1]
+def _random_gates(mode, seeds, counts, shape, candidates: np.ndarray) -> list:
+    n = len(candidates)
     return [
-        (mode, "random", "random", int(s), _gates_from_order(np.random.default_rng(s).permutation(n), counts, shape))
+        (
+            mode,
+            "random",
+            "random",
+            int(s),
+            _gates_from_order(candidates[np.random.default_rng(s).permutation(n)], counts, shape),
+        )
         for s in seeds
     ]
 
@@ -134,6 +156,7 @@ def deletion_curves(
     fractions=FRACTIONS,
     orders: Sequence[str] = ORDERS,
     seeds: Sequence[int] = RANDOM_SEEDS,
+    candidates=None,
 ) -> pd.DataFrame:
     """One-shot curves: each method's scores [L, H] ranked once, in each order, plus random orders per seed.
 
@@ -141,13 +164,14 @@ def deletion_curves(
     """
     fractions = check_fractions(fractions)
     shape = (engine.adapter.n_layers, engine.adapter.n_heads)
-    counts = heads_off(fractions, shape[0] * shape[1])
+    candidates = _candidates(candidates, shape)
+    counts = heads_off(fractions, len(candidates))
     labelled = [
-        ("one_shot", name, order, None, _gates_from_order(removal_order(scores, order), counts, shape))
+        ("one_shot", name, order, None, _gates_from_order(_ranked(scores, order, candidates), counts, shape))
         for name, scores in rankings.items()
         for order in orders
     ]
-    labelled += _random_gates("one_shot", seeds, counts, shape)
+    labelled += _random_gates("one_shot", seeds, counts, shape, candidates)
     return _curves(engine, scored_inputs, labelled, fractions, counts)
 
 
@@ -158,6 +182,7 @@ def iterative_deletion_curves(
     fractions=FRACTIONS,
     orders: Sequence[str] = ORDERS,
     seeds: Sequence[int] = RANDOM_SEEDS,
+    candidates=None,
 ) -> pd.DataFrame:
     """Iterative curves: ``reattribute[method](gates [L, H] float32) -> scores [L, H]`` is called before every
     step that removes heads; heads already off stay off. Random curves as in :func:`deletion_curves`.
@@ -165,13 +190,14 @@ def iterative_deletion_curves(
     Returns a tidy frame with :data:`CURVE_COLUMNS` (``mode`` = "iterative")."""
     fractions = check_fractions(fractions)
     shape = (engine.adapter.n_layers, engine.adapter.n_heads)
-    counts = heads_off(fractions, shape[0] * shape[1])
+    candidates = _candidates(candidates, shape)
+    counts = heads_off(fractions, len(candidates))
     labelled = [
-        ("iterative", name, order, None, _iterative_gates(fn, order, counts, shape))
+        ("iterative", name, order, None, _iterative_gates(fn, order, counts, shape, candidates))
         for name, fn in reattribute.items()
         for order in orders
     ]
-    labelled += _random_gates("iterative", seeds, counts, shape)
+    labelled += _random_gates("iterative", seeds, counts, shape, candidates)
     return _curves(engine, scored_inputs, labelled, fractions, counts)
 
 
