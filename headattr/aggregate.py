@@ -37,6 +37,11 @@ def postprocess_importance(y: np.ndarray, postprocess: str = "signed") -> np.nda
     raise ValueError(f"report.postprocess: {postprocess!r} is not one of {POSTPROCESS}")
 
 
+def importance_label(postprocess: str = "signed") -> str:
+    """How figures and tables name the importance of ``postprocess``."""
+    return {"signed": "importance (-IG)", "abs": "importance (|IG|)", "relu": "importance (max(-IG, 0))"}[postprocess]
+
+
 def postprocessed_scores(x: np.ndarray, postprocess: str = "signed") -> np.ndarray:
     """-f(-x): post-processed importance back in the score convention of the dumps (descending importance =
     ascending score), the input every ranking statistic of :mod:`headattr.stats` takes; identity for signed."""

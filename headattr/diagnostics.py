@@ -61,6 +61,12 @@ def _model_layers(value, layers: list[int]):
     """Tables with their local ``layer`` indices (0 = first attributed layer) mapped to the model's layers."""
     if layers == list(range(len(layers))):
         return value
+    if isinstance(value, pd.DataFrame) and {"bin", "start", "end"} <= set(value.columns):  # depth bins [start, end)
+        start = [layers[int(i)] for i in value["start"]]
+        last = [layers[int(i) - 1] for i in value["end"]]
+        return value.assign(
+            bin=[f"{a}-{b}" for a, b in zip(start, last, strict=True)], start=start, end=np.add(last, 1)
+        )
     if isinstance(value, pd.DataFrame) and "layer" in value:
         out = value.copy()
         out["layer"] = [layers[int(i)] for i in out["layer"]]

@@ -116,8 +116,8 @@ def convergence_plot(curve, title: str, path) -> Path:
     return _save(fig, path)
 
 
-def seed_scatter(scores, labels, title: str, path) -> Path:
-    """Importance (-IG, as in the heatmaps) of every head under two seeds, coloured by layer, with Pearson r."""
+def seed_scatter(scores, labels, title: str, path, label: str = "importance (-IG)") -> Path:
+    """Importance (as in the heatmaps) of every head under two seeds, coloured by layer, with Pearson r."""
     x, y = -scores["score_a"].to_numpy(dtype=float), -scores["score_b"].to_numpy(dtype=float)
     layers = scores["layer"].to_numpy()
     n_layers = int(layers.max()) + 1
@@ -134,8 +134,8 @@ def seed_scatter(scores, labels, title: str, path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.tick_params(axis="x", labelrotation=30)
-    ax.set_xlabel(f"importance (-IG), {labels[0]}")
-    ax.set_ylabel(f"importance (-IG), {labels[1]}")
+    ax.set_xlabel(f"{label}, {labels[0]}")
+    ax.set_ylabel(f"{label}, {labels[1]}")
     ax.set_title(title)
     return _save(fig, path)
 
@@ -170,9 +170,11 @@ def topk_bars(topk, title: str, path) -> Path:
     return _save(fig, path)
 
 
-def category_heatmaps(category_means, title: str, path, counts: dict | None = None) -> Path:
-    """One layer x head heatmap of mean importance (-IG) per data category on a shared, labelled colour scale;
-    ``counts`` (category -> samples) puts n in each panel's title."""
+def category_heatmaps(
+    category_means, title: str, path, counts: dict | None = None, label: str = "importance (-IG)"
+) -> Path:
+    """One layer x head heatmap of mean importance per data category on a shared, labelled colour scale (rows
+    named by the model's layers); ``counts`` (category -> samples) puts n in each panel's title."""
     cats = list(dict.fromkeys(category_means["category"]))
     n_layers = int(category_means["layer"].max()) + 1
     n_heads = int(category_means["head"].max()) + 1
@@ -188,7 +190,7 @@ def category_heatmaps(category_means, title: str, path, counts: dict | None = No
     step = max(1, max(n_layers, n_heads) // 8)
     for i, (ax, cat) in enumerate(zip(axes[0][:-1], cats, strict=True)):
         part = category_means[category_means["category"] == cat]
-        mat = part.pivot(index="layer", columns="head", values="score").to_numpy()
+        mat = part.pivot(index="layer", columns="head", values="score")
         sns.heatmap(
             -mat,
             ax=ax,
@@ -198,7 +200,7 @@ def category_heatmaps(category_means, title: str, path, counts: dict | None = No
             vmax=lim,
             cbar=i == len(cats) - 1,
             cbar_ax=axes[0][-1] if i == len(cats) - 1 else None,
-            cbar_kws={"label": "importance (-IG)"},
+            cbar_kws={"label": label},
             xticklabels=step,
             yticklabels=step,
             square=True,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .aggregate import score_matrix
+from .aggregate import importance_label, score_matrix
 from .dumps import atomic_write, load_npz, read_meta
 from .methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from .plots import (
@@ -164,7 +164,7 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}%"
 
 
-def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds) -> dict:
+def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: str = "importance (-IG)") -> dict:
     """Report 1's tables and figures for one (method, seed)."""
     method, seed = unit["method"], unit["seed"]
     tag = f"{method}_seed{seed}"
@@ -211,7 +211,7 @@ def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds) -> dict:
     }
     cat = f"categories_{tag}.png"
     category_heatmaps(
-        diag["category_means"], f"importance by category, {method} seed {seed}", figures_dir / cat, counts
+        diag["category_means"], f"importance by category, {method} seed {seed}", figures_dir / cat, counts, label
     )
     note = diag.get("category_differences_note", {})
     left_out = note.get("left_out", {})
@@ -245,7 +245,7 @@ def _topk_notes(ks: dict) -> list[str]:
     return notes
 
 
-def seed_context(meta: dict, diag: dict, figures_dir: Path) -> dict:
+def seed_context(meta: dict, diag: dict, figures_dir: Path, label: str = "importance (-IG)") -> dict:
     """Report 2's tables and figures for one method and pair of seeds."""
     method, a, b = meta["method"], meta["seed_a"], meta["seed_b"]
     tag = f"{method}_seed{a}_vs_seed{b}"
@@ -296,7 +296,7 @@ def seed_context(meta: dict, diag: dict, figures_dir: Path) -> dict:
         "layer_consistency": f"layer_consistency_{tag}.png",
         "topk_figure": f"topk_{tag}.png",
     }
-    seed_scatter(diag["scores"], [f"seed {a}", f"seed {b}"], method, figures_dir / out["scatter"])
+    seed_scatter(diag["scores"], [f"seed {a}", f"seed {b}"], method, figures_dir / out["scatter"], label)
     layer_consistency(diag["per_layer"], method, figures_dir / out["layer_consistency"])
     topk_bars(topk, method, figures_dir / out["topk_figure"])
     return out
@@ -392,6 +392,7 @@ def build_report(
     threshold = report_cfg.get("gap_threshold", DEFAULT_GAP_THRESHOLD)
     floor = ig_cfg.get("gap_floor", DEFAULT_GAP_FLOOR)
     thresholds = config.get("diagnostics", {}).get("variance_thresholds", [0.001, 0.005])
+    label = importance_label(report_cfg.get("postprocess", "signed"))
     summaries, unit_ctx, unit_diags = [], [], []
     unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
     dumps = list(getattr(inputs, "dumps", [None] * len(units)))
@@ -401,19 +402,19 @@ def build_report(
         digest = unit_summary(unit, heads_csv, comp_csv, top_k, dump, floor, threshold)
         name = f"heatmap_{unit['method']}_seed{unit['seed']}.png"
         matrix = score_matrix(pd.read_csv(heads_csv), "importance")
-        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / name)
+        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / name, label)
         top = _md_table(pd.DataFrame(digest["top_heads"])[["label", "importance"]])
         unit_ctx.append({"method": unit["method"], "seed": unit["seed"], "heatmap": name, "top": top})
         if diag_dir is not None:
             diag = read_tables(diag_dir)
             digest["diagnostics"] = diag["headline"]
             digest["category_test"] = diag.get("category_differences_note", {})
-            unit_diags.append(unit_context(unit, diag, figures_dir, thresholds))
+            unit_diags.append(unit_context(unit, diag, figures_dir, thresholds, label))
         summaries.append(digest)
     seed_ctx, seed_heads = [], []
     for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
         diag = read_tables(diag_dir)
-        seed_ctx.append(seed_context(meta, diag, figures_dir))
+        seed_ctx.append(seed_context(meta, diag, figures_dir, label))
         seed_heads.append({**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, **diag["headline"]})
     method_ctx, method_heads = [], []
     for meta, diag_dir in zip(method_groups, getattr(inputs, "method_diag", []), strict=True):
@@ -487,6 +488,7 @@ def build_report(
     context = {
         "run": config["run"],
         "postprocess": config.get("report", {}).get("postprocess", "signed"),
+        "importance_label": label,
         "data_table": _md_table(data_table) if len(data_table) else "(no tokens artifacts given)",
         "data_notes": data_notes,
         "gap_floor": floor,

@@ -45,6 +45,9 @@ def cut(arrays: dict, layers: list[int], transform=None) -> dict:
 
 
 def shift_layers(value, layers):
+    if isinstance(value, pd.DataFrame) and "bin" in value:
+        start, end = [layers[i] for i in value["start"]], [layers[i - 1] + 1 for i in value["end"]]
+        return value.assign(bin=[f"{a}-{b - 1}" for a, b in zip(start, end, strict=True)], start=start, end=end)
     if isinstance(value, pd.DataFrame) and "layer" in value:
         value = value.assign(layer=[layers[i] for i in value["layer"]])
         if "label" in value:
@@ -87,6 +90,7 @@ def test_seed_and_method_diagnostics_of_a_layer_range():
     want = shift_layers(diagnostics.seed_diagnostics(cut(a, layers), cut(b, layers), ("s1", "s2"), CFG), layers)
     assert_tables_equal(got, want)
     assert got["per_layer"]["layer"].tolist() == layers
+    assert got["trend"]["bin"].tolist() == ["1-1", "2-2", "3-3"] and got["trend"]["end"].tolist() == [2, 3, 4]
     imported = {"theirs": np.arange(L * H, dtype=np.float64).reshape(L, H)}
     got = diagnostics.method_diagnostics({"x": a, "y": b}, CFG, imported)
     want = diagnostics.method_diagnostics(
