@@ -345,3 +345,24 @@ def job_stats(output: str) -> dict:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+NO_VALIDATION = {"validation": {"enabled": False}}
+
+
+def dumps_of(root):
+    """{unit key: arrays} of every dump.npz under root/results/ig."""
+    out = {}
+    for path in sorted((root / "results" / "ig").glob("*/dump.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            out[path.parent.name] = {k: data[k] for k in data.files}
+    return out
+
+
+def assert_same_dumps(a, b):
+    """Same units, same arrays, bit for bit."""
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert np.array_equal(a[key][name], b[key][name]), (key, name)

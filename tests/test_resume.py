@@ -1,4 +1,4 @@
-"""Sharded runs gather to the unsharded dump; a killed attribution resumes and ends bit-identical."""
+"""A killed attribution resumes and ends bit-identical (sharded runs: test_shards.py)."""
 
 import os
 import re
@@ -7,41 +7,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-from helpers import write_tiny_project
+from helpers import NO_VALIDATION, assert_same_dumps, dumps_of, write_tiny_project
 from test_workflow import SNAKEFILE, snakemake
-
-NO_VALIDATION = {"validation": {"enabled": False}}
-
-
-def dumps_of(root):
-    out = {}
-    for path in sorted((root / "results" / "ig").glob("*/dump.npz")):
-        with np.load(path, allow_pickle=False) as data:
-            out[path.parent.name] = {k: data[k] for k in data.files}
-    return out
-
-
-def assert_same_dumps(a, b):
-    assert a.keys() == b.keys() and a
-    for key in a:
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert np.array_equal(a[key][name], b[key][name]), (key, name)
-
-
-def test_sharded_run_gathers_to_the_unsharded_dump(tmp_path):
-    plain, sharded = tmp_path / "plain", tmp_path / "sharded"
-    for root, shard in ((plain, {}), (sharded, {"shard": {"samples": 3, "layers": 2}})):
-        root.mkdir()
-        write_tiny_project(
-            root, methods=("per_layer", "joint"), seeds=(5,), n_samples=5, extra={**NO_VALIDATION, **shard}
-        )
-        result = snakemake(root, "--cores", "2", "--until", "aggregate")
-        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    shards = sorted(p.name for p in (sharded / "results" / "ig").glob("per_layer-*/shards/*.npz"))
-    assert shards == ["s0-3_l0-2.npz", "s0-3_l2-3.npz", "s3-5_l0-2.npz", "s3-5_l2-3.npz"]
-    assert_same_dumps(dumps_of(plain), dumps_of(sharded))
 
 
 def test_killed_attribution_resumes_to_identical_results(tmp_path):
