@@ -247,6 +247,16 @@ def _floor_if_set(config: dict) -> dict:
     return {} if floor == 0.01 else {"gap_floor": floor}
 
 
+def _tasks_if_set(config: dict) -> dict:
+    """The task-validation points and tolerance, only when validation.tasks is on (other configs keep their keys)."""
+    if not config["validation"]["tasks"]["tasks"]:
+        return {}
+    from .evaluation.protocol import task_plan
+
+    points = sorted(task_plan(config)["points"])
+    return {"tasks": {"points": points, "tolerance": config["validation"]["tasks"]["tolerance"]}}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -256,7 +266,8 @@ def report_key(config: dict) -> str:
             "ig": [u.keys["ig"] for u in units(config)],
             "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
-        },
+        }
+        | _tasks_if_set(config),
     )
 
 

@@ -15,6 +15,8 @@ from headattr.config import (
     validation_groups,
 )
 from headattr.sweep import sweep_plan, sweep_points
+from headattr.evaluation.protocol import task_files, task_plan
+from headattr.evaluation.tasks import check_tasks
 
 validate_config(config, Path.cwd())
 POINTS = sweep_points(config, lambda point: validate_config(point, Path.cwd()))
@@ -24,6 +26,8 @@ CONFIGS = [config] + [p.config for p in POINTS]
 if workflow.is_main_process:
     for cfg in CONFIGS:
         check_inputs(cfg, Path.cwd())
+    # validation.tasks: task files and names exist (before any job loads a model)
+    check_tasks(config, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
