@@ -15,7 +15,9 @@ def task_mask_inputs(wc):
     if spec["source"] in imported:
         return [imported[spec["source"]]]
     return [
-        path("ig", u.keys["ig"], "dump.npz") for u in UNITS if u.method == spec["source"]
+        path("ig", u.keys["ig"], "dump.npz")
+        for u in UNITS
+        if u.method == spec["source"]
     ]
 
 

@@ -15,7 +15,7 @@ from helpers import job_stats, write_tiny_project
 from headattr.config import report_key, validate_config
 from headattr.errors import ConfigError
 from headattr.evaluation.protocol import build_keep_mask, task_plan
-from headattr.evaluation.summary import curve_summary, removable_fraction, task_table
+from headattr.evaluation.summary import curve_summary, drop_ratios, removable_fraction, task_table
 from headattr.evaluation.tasks import check_tasks, resolve_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,9 @@ def tiny_task_project(root, fractions=(0.0, 0.25), task_entry="tasks/tiny_mc.yam
     root = Path(root)
     (root / "tasks").mkdir(exist_ok=True)
     (root / "tasks" / "tiny_mc.yaml").write_text(MC_TASK.replace("docs.jsonl", "tasks/docs.jsonl"))
-    docs = [{"q": f"w{i} w{i + 1}", "choices": [f"w{i + 2}", f"w{i + 3}", f"w{i + 4}"], "label": i % 3} for i in range(6)]
+    docs = [
+        {"q": f"w{i} w{i + 1}", "choices": [f"w{i + 2}", f"w{i + 3}", f"w{i + 4}"], "label": i % 3} for i in range(6)
+    ]
     (root / "tasks" / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     settings = {"tasks": [task_entry], "fractions": list(fractions), "random_seeds": 2, "limit": 4, "mc_num": 4}
     extra = {"validation": {"n_samples": 2, "tasks": settings | tasks}}
@@ -116,6 +118,7 @@ def test_local_tasks_resolve_to_names_and_include_paths():
     assert sum(str(f).endswith(".jsonl") for f in resolved["files"]) == 4  # add.jsonl twice
 
 
+@pytest.mark.slow
 def test_missing_task_file_fails_the_dry_run_before_any_job(tmp_path):
     tiny_task_project(tmp_path, task_entry="tasks/missing.yaml")
     result = snakemake(tmp_path, "-n")
@@ -136,8 +139,14 @@ def test_unknown_task_name_fails_the_dry_run_naming_the_key(tmp_path):
 
 
 def test_random_and_unpruned_masks_do_not_depend_on_the_method():
-    spec = {"order": "random", "fraction": 0.25, "seed": 1, "convention": "per_layer", "keep_at_least_one_head": True,
-            "layers": None}
+    spec = {
+        "order": "random",
+        "fraction": 0.25,
+        "seed": 1,
+        "convention": "per_layer",
+        "keep_at_least_one_head": True,
+        "layers": None,
+    }
     keep = build_keep_mask(spec, (3, 4))
     assert (~keep).sum(axis=1).tolist() == [1, 1, 1]
     assert build_keep_mask({**spec, "order": "none"}, (3, 4)).all()
@@ -147,12 +156,30 @@ def test_random_and_unpruned_masks_do_not_depend_on_the_method():
 
 def test_task_table_copies_the_unpruned_point_into_every_curve_and_removable_fraction():
     def rows(method, order, seed, fraction, value):
-        return pd.DataFrame([{"method": method, "task": "t", "metric": "acc", "order": order, "fraction": fraction,
-                              "value": value, "stderr": 0.01, "n": 10, "seed": seed}])
+        return pd.DataFrame(
+            [
+                {
+                    "method": method,
+                    "task": "t",
+                    "metric": "acc",
+                    "order": order,
+                    "fraction": fraction,
+                    "value": value,
+                    "stderr": 0.01,
+                    "n": 10,
+                    "seed": seed,
+                }
+            ]
+        )
 
-    points = [rows("none", "none", None, 0.0, 0.8), rows("m", "least", None, 0.1, 0.78),
-              rows("m", "least", None, 0.2, 0.6), rows("m", "most", None, 0.1, 0.2), rows("random", "random", 0, 0.1, 0.7),
-              rows("random", "random", 1, 0.1, 0.5)]
+    points = [
+        rows("none", "none", None, 0.0, 0.8),
+        rows("m", "least", None, 0.1, 0.78),
+        rows("m", "least", None, 0.2, 0.6),
+        rows("m", "most", None, 0.1, 0.2),
+        rows("random", "random", 0, 0.1, 0.7),
+        rows("random", "random", 1, 0.1, 0.5),
+    ]
     table = task_table(points)
     zero = table[table["fraction"] == 0]
     assert len(zero) == 4 and (zero["value"] == 0.8).all()  # m least, m most, random 0, random 1
@@ -162,6 +189,9 @@ def test_task_table_copies_the_unpruned_point_into_every_curve_and_removable_fra
     assert s.loc[("m", "most"), "task_aopc"] == pytest.approx(0.6)
     assert s.loc[("random", "random"), "task_aopc"] == pytest.approx(0.2)  # mean curve 0.6
     assert removable_fraction(pd.DataFrame({"fraction": [0.0, 0.1], "value": [0.5, 0.5]}), 0.0) == 0.1
+    r = drop_ratios(table).set_index(["order", "fraction"])
+    assert r.loc[("most", 0.1), "ratio"] == pytest.approx(3.0)  # 0.6 vs the random mean's 0.2
+    assert r.loc[("least", 0.2), "drop"] == pytest.approx(0.2) and len(r) == 3
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +209,6 @@ def test_task_validation_csv_equals_a_direct_evaluation(tiny_task_run):
     import lm_eval
 
     from headattr.evaluation.lm import HeadAttrLM
-    from headattr.evaluation.protocol import task_plan
     from headattr.evaluation.results import tidy_results
     from headattr.evaluation.tasks import task_manager
 
@@ -198,8 +227,11 @@ def test_task_validation_csv_equals_a_direct_evaluation(tiny_task_run):
         lm = HeadAttrLM(pretrained="tiny-model", device="cpu", mc_num=4, batch_size=32, disable_tqdm=True)
         lm.set_keep_mask(keep)
         resolved = resolve_tasks(["tasks/tiny_mc.yaml"])
-        direct = tidy_results(lm_eval.simple_evaluate(model=lm, tasks=["tiny_mc"], limit=4, bootstrap_iters=100,
-                                                      task_manager=task_manager(resolved)))
+        direct = tidy_results(
+            lm_eval.simple_evaluate(
+                model=lm, tasks=["tiny_mc"], limit=4, bootstrap_iters=100, task_manager=task_manager(resolved)
+            )
+        )
     finally:
         os.chdir(cwd)
     row = table[(table["order"] == "most") & (table["fraction"] == 0.25) & (table["metric"] == "acc")]

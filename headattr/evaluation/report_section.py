@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .summary import cost_summary, curve_summary, curves, proxy_agreement, users_table
+from .summary import cost_summary, curve_summary, curves, drop_ratios, proxy_agreement, users_table
 
 
 def task_curves_plot(table: pd.DataFrame, path) -> Path:
@@ -26,8 +26,15 @@ def task_curves_plot(table: pd.DataFrame, path) -> Path:
             ax.plot(rnd["fraction"], rnd["value"], color="grey", lw=1)
         for (method, order), line in part[part["order"] != "random"].groupby(["method", "order"]):
             line = line.sort_values("fraction")
-            ax.errorbar(line["fraction"], line["value"], yerr=line["stderr"].fillna(0), fmt="-" if order == "most" else "--",
-                        marker=".", capsize=2, label=f"{method} {order}")
+            ax.errorbar(
+                line["fraction"],
+                line["value"],
+                yerr=line["stderr"].fillna(0),
+                fmt="-" if order == "most" else "--",
+                marker=".",
+                capsize=2,
+                label=f"{method} {order}",
+            )
         ax.set_xlabel("fraction of heads pruned")
         ax.set_ylabel(part["metric"].iloc[0])
         ax.set_title(task, fontsize=9)
@@ -59,8 +66,12 @@ def task_context(table_csv, cost_csv, tolerance: float, validation_summaries, un
             walls[u["method"]] = walls.get(u["method"], 0.0) + u["wall_time_s"]
     costs = cost_summary(cost, {f"{m} (all seeds, benchmark wall s)": w for m, w in walls.items()})
     tasks = [
-        {"task": task, "metric": part["metric"].iloc[0], "unpruned": part["unpruned"].iloc[0],
-         "table": md_table(users_table(table, task))}
+        {
+            "task": task,
+            "metric": part["metric"].iloc[0],
+            "unpruned": part["unpruned"].iloc[0],
+            "table": md_table(users_table(table, task)),
+        }
         for task, part in summary.groupby("task", sort=False)
     ]
     context = {
@@ -68,8 +79,14 @@ def task_context(table_csv, cost_csv, tolerance: float, validation_summaries, un
         "tasks": tasks,
         "tolerance": tolerance,
         "removable": md_table(summary, ".3f"),
+        "ratios": md_table(drop_ratios(table), ".3f"),
         "proxy": md_table(proxy, ".3f") if len(proxy) else None,
         "cost": md_table(costs, ".4g"),
     }
-    head = {"curves": summary.to_dict("records"), "proxy": proxy.to_dict("records"), "cost": costs.to_dict("records")}
+    head = {
+        "curves": summary.to_dict("records"),
+        "drop_ratios": drop_ratios(table).to_dict("records"),
+        "proxy": proxy.to_dict("records"),
+        "cost": costs.to_dict("records"),
+    }
     return context, head

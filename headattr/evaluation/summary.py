@@ -6,6 +6,7 @@ headline metric is the first metric lm-eval reports for it (the task YAML's firs
 - removable fraction: the largest fraction f such that the metric stays >= (1 - tolerance) * unpruned at every
   fraction <= f (random: the mean curve over seeds);
 - task AOPC: mean over fractions > 0 of unpruned - metric (higher = pruning in that order hurts sooner);
+- drop ratio: (unpruned - metric) / (unpruned - mean random metric) at the same fraction;
 - proxy agreement: Spearman, across methods, of the held-out-loss AOPC (most first, pruning validation, mean over
   seeds) and the task AOPC (prune-most) per task.
 """
@@ -86,6 +87,19 @@ def curve_summary(table: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def drop_ratios(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method, order, fraction > 0): the fall of the headline metric from unpruned, the mean fall of the
+    random masks at that fraction, and their ratio (how many times more a ranked order hurts than random)."""
+    c = curves(table)
+    ref = c[c["fraction"] == 0].groupby("task")["value"].first()
+    c = c[c["fraction"] > 0].assign(drop=lambda d: d["task"].map(ref) - d["value"])
+    rnd = c[c["order"] == "random"].set_index(["task", "fraction"])["drop"].rename("random_drop")
+    ranked = c[c["order"] != "random"].join(rnd, on=["task", "fraction"])
+    ranked["ratio"] = ranked["drop"] / ranked["random_drop"]
+    cols = ["task", "method", "order", "fraction", "drop", "random_drop", "ratio"]
+    return ranked[cols].sort_values(["task", "method", "order", "fraction"], ignore_index=True)
+
+
 def users_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
     """Fractions x (method order) cells 'value ± stderr' of one task's headline metric (random: mean ± sd over
     seeds)."""
@@ -93,7 +107,9 @@ def users_table(table: pd.DataFrame, task: str) -> pd.DataFrame:
     h = h[h["task"] == task]
     cells = {}
     for (method, order), part in h[h["order"] != "random"].groupby(["method", "order"]):
-        cells[f"{method} {order}"] = {f: f"{v:.3f} ± {s:.3f}" for f, v, s in part[["fraction", "value", "stderr"]].values}
+        cells[f"{method} {order}"] = {
+            f: f"{v:.3f} ± {s:.3f}" for f, v, s in part[["fraction", "value", "stderr"]].values
+        }
     rnd = h[h["order"] == "random"].groupby("fraction")["value"]
     if len(h[h["order"] == "random"]):
         sd = rnd.std(ddof=1).fillna(0.0)
@@ -115,7 +131,9 @@ def proxy_agreement(summary: pd.DataFrame, heldout_aopc: dict) -> pd.DataFrame:
         part = part[part["method"].isin(list(heldout_aopc))]
         x = [heldout_aopc[m] for m in part["method"]]
         rho = spearmanr(x, part["task_aopc"]).statistic if len(part) >= 2 else math.nan
-        rows.append({"task": task, "n_methods": len(part), "spearman": float(rho), "methods": ", ".join(part["method"])})
+        rows.append(
+            {"task": task, "n_methods": len(part), "spearman": float(rho), "methods": ", ".join(part["method"])}
+        )
     return pd.DataFrame(rows)
 
 
@@ -138,6 +156,13 @@ def cost_summary(cost: pd.DataFrame, attribution_wall: dict) -> pd.DataFrame:
         },
     ]
     for name, wall in attribution_wall.items():
-        rows.append({"job": f"attribution {name}", "points": math.nan, "forward_passes": math.nan, "rows": math.nan,
-                     "wall_s": wall})
+        rows.append(
+            {
+                "job": f"attribution {name}",
+                "points": math.nan,
+                "forward_passes": math.nan,
+                "rows": math.nan,
+                "wall_s": wall,
+            }
+        )
     return pd.DataFrame(rows)
