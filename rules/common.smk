@@ -184,3 +184,22 @@ def get_demo_corpus():
     if config["demo_model"]["rebuild_corpus"]:
         return rules.demo_corpus.output.corpus
     return "resources/demo/corpus.jsonl.gz"
+
+
+# validation.tasks: the points of the task validation (rules/task_validation.smk)
+TASK_PLAN = task_plan(config)
+
+
+def task_mask_inputs(wc):
+    """The dumps (all seeds) of a ranked mask's method, or its imported importance file; none for random."""
+    spec = TASK_PLAN["masks"][wc.key]
+    imported = config["compare"]["importance_files"]
+    if spec["source"] is None:
+        return []
+    if spec["source"] in imported:
+        return [imported[spec["source"]]]
+    return [
+        path("ig", u.keys["ig"], "dump.npz")
+        for u in UNITS
+        if u.method == spec["source"]
+    ]

@@ -3,24 +3,6 @@
 # is empty. Every job is in group "summarise": the keep-masks need the aggregated dumps and the report needs the
 # evaluations, and a group must be closed under dependencies; on SLURM the evaluations of one model therefore share
 # one submission (docs/cluster.md).
-TASK_PLAN = task_plan(config)
-
-
-def task_mask_inputs(wc):
-    """The dumps (all seeds) of a ranked mask's method, or its imported importance file; none for random."""
-    spec = TASK_PLAN["masks"][wc.key]
-    imported = config["compare"]["importance_files"]
-    if spec["source"] is None:
-        return []
-    if spec["source"] in imported:
-        return [imported[spec["source"]]]
-    return [
-        path("ig", u.keys["ig"], "dump.npz")
-        for u in UNITS
-        if u.method == spec["source"]
-    ]
-
-
 rule task_keepmask:
     input:
         importance=task_mask_inputs,
