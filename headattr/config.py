@@ -194,13 +194,18 @@ def heldout_units(config: dict) -> list[Unit]:
     return out
 
 
+def heldout_validation(config: dict) -> dict:
+    """The held-out pruning validation's settings: ``validation`` without ``tasks`` (which has its own artifacts)."""
+    return {k: v for k, v in config["validation"].items() if k != "tasks"}
+
+
 def validation_groups(config: dict) -> dict:
     """Per seed: {key: (seed, {method: ig_key}, heldout unit)} for the pruning-validation rule."""
     by = {(u.method, u.seed): u.keys["ig"] for u in units(config)}
     out = {}
     for held in heldout_units(config):
         methods = {m: by[(m, held.seed)] for m in config["ig"]["methods"]}
-        params = {"ig": methods, "heldout": held.keys["masks"], "v": config["validation"]}
+        params = {"ig": methods, "heldout": held.keys["masks"], "v": heldout_validation(config)}
         if config["report"]["postprocess"] != "signed" or config["compare"]["importance_files"]:
             params |= {"postprocess": config["report"]["postprocess"], "imported": config["compare"]}
         key = stage_key(f"seed{held.seed}-pruning", params)

@@ -8,6 +8,7 @@ from headattr.workflow import is_weight_file
 from headattr.config import (
     diagnostic_groups,
     heldout_units,
+    heldout_validation,
     report_key,
     stage_key,
     units,
@@ -15,7 +16,7 @@ from headattr.config import (
     validation_groups,
 )
 from headattr.sweep import sweep_plan, sweep_points
-from headattr.evaluation.protocol import task_files, task_plan
+from headattr.evaluation.protocol import eval_settings, task_files, task_plan
 from headattr.evaluation.tasks import check_tasks
 
 validate_config(config, Path.cwd())

@@ -50,7 +50,7 @@ rule task_eval:
     params:
         spec=lambda wc: TASK_PLAN["points"][wc.key],
         model=model_settings(),
-        tasks=config["validation"]["tasks"],
+        tasks=eval_settings(config),
     script:
         "../scripts/task_eval.py"
 

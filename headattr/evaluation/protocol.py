@@ -183,6 +183,13 @@ def evaluate_point(lm, keep: np.ndarray, tasks: list[str], manager, limit, label
     return rows, cost
 
 
+def eval_settings(config: dict) -> dict:
+    """What a task evaluation reads from ``validation.tasks`` (not the fractions or orders: adding a fraction must
+    leave the other evaluation jobs' parameters unchanged)."""
+    t = config["validation"]["tasks"]
+    return {k: t[k] for k in ("tasks", *EVAL_SETTINGS)}
+
+
 def task_files(config: dict, root: Path | str = ".") -> list[str]:
     """The local task YAML and data files (inputs of every evaluation job)."""
     if not enabled(config):
