@@ -96,7 +96,7 @@ def task_manager(resolved: dict, root: Path | str = "."):
     from lm_eval.tasks import TaskManager
 
     paths = [str(Path(root) / p) for p in resolved["include_path"]] or None
-    return TaskManager(include_path=paths, include_defaults=bool(resolved["lm_eval_names"]), verbosity="ERROR")
+    return TaskManager(include_path=paths, include_defaults=bool(resolved["lm_eval_names"]))
 
 
 def check_tasks(config: dict, root: Path | str = ".") -> dict | None:
