@@ -105,6 +105,10 @@ def test_missing_task_file_and_data_file_name_the_key(tmp_path):
     config["validation"]["tasks"]["tasks"] = ["tasks/tiny_mc.yaml", "tasks/nope.yaml"]
     with pytest.raises(ConfigError, match=r"validation\.tasks\.tasks\[1\].*does not exist"):
         check_tasks(config, root)
+    config["validation"]["tasks"]["layers"] = [0, 99]
+    with pytest.raises(ConfigError, match=r"validation\.tasks\.layers: \[0, 99\]"):
+        check_tasks(config, root)
+    config["validation"]["tasks"]["layers"] = None
     (root / "tasks" / "docs.jsonl").unlink()
     config["validation"]["tasks"]["tasks"] = ["tasks"]
     with pytest.raises(ConfigError, match=r"validation\.tasks\.tasks\[0\].*data file 'tasks/docs.jsonl'"):

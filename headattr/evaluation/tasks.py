@@ -101,10 +101,21 @@ def task_manager(resolved: dict, root: Path | str = "."):
 
 def check_tasks(config: dict, root: Path | str = ".") -> dict | None:
     """Raise :class:`ConfigError` naming ``validation.tasks.tasks[i]`` for a missing task file or data file or an
-    unknown task name; None when no tasks are configured."""
+    unknown task name (``validation.tasks.layers`` for a layer range outside the model); None when no tasks are
+    configured."""
     entries = config["validation"]["tasks"]["tasks"]
     if not entries:
         return None
+    layers = config["validation"]["tasks"]["layers"]
+    if layers is not None:
+        from ..exports import model_shape
+
+        shape = model_shape(Path(root) / config["model"]["path"])
+        if layers[0] > layers[1] or (shape is not None and layers[1] >= shape[0]):
+            inside = f"0..{shape[0] - 1}" if shape else "the model's layers"
+            raise ConfigError(
+                f"validation.tasks.layers: {layers} must be an inclusive range start <= end inside {inside}"
+            )
     resolved = resolve_tasks(entries, root)
     if resolved["lm_eval_names"]:
         known = set(task_manager(resolved, root).all_tasks)
