@@ -105,6 +105,12 @@ def test_missing_task_file_and_data_file_name_the_key(tmp_path):
     config["validation"]["tasks"]["tasks"] = ["tasks/tiny_mc.yaml", "tasks/nope.yaml"]
     with pytest.raises(ConfigError, match=r"validation\.tasks\.tasks\[1\].*does not exist"):
         check_tasks(config, root)
+    (root / "tasks" / "bad.yaml").write_text("dataset_path: json\n")
+    config["validation"]["tasks"]["tasks"] = ["tasks/bad.yaml"]
+    with pytest.raises(ConfigError, match=r"validation\.tasks\.tasks\[0\].*has no 'task: NAME' entry"):
+        check_tasks(config, root)
+    (root / "tasks" / "bad.yaml").unlink()
+    config["validation"]["tasks"]["tasks"] = ["tasks/tiny_mc.yaml"]
     config["validation"]["tasks"]["layers"] = [0, 99]
     with pytest.raises(ConfigError, match=r"validation\.tasks\.layers: \[0, 99\]"):
         check_tasks(config, root)
