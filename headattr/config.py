@@ -194,13 +194,18 @@ def heldout_units(config: dict) -> list[Unit]:
     return out
 
 
+def heldout_validation(config: dict) -> dict:
+    """The held-out pruning validation's settings: ``validation`` without ``tasks`` (which has its own artifacts)."""
+    return {k: v for k, v in config["validation"].items() if k != "tasks"}
+
+
 def validation_groups(config: dict) -> dict:
     """Per seed: {key: (seed, {method: ig_key}, heldout unit)} for the pruning-validation rule."""
     by = {(u.method, u.seed): u.keys["ig"] for u in units(config)}
     out = {}
     for held in heldout_units(config):
         methods = {m: by[(m, held.seed)] for m in config["ig"]["methods"]}
-        params = {"ig": methods, "heldout": held.keys["masks"], "v": config["validation"]}
+        params = {"ig": methods, "heldout": held.keys["masks"], "v": heldout_validation(config)}
         if config["report"]["postprocess"] != "signed" or config["compare"]["importance_files"]:
             params |= {"postprocess": config["report"]["postprocess"], "imported": config["compare"]}
         key = stage_key(f"seed{held.seed}-pruning", params)
@@ -249,6 +254,16 @@ def _floor_if_set(config: dict) -> dict:
     return {} if floor == 0.01 else {"gap_floor": floor}
 
 
+def _tasks_if_set(config: dict) -> dict:
+    """The task-validation points and tolerance, only when validation.tasks is on (other configs keep their keys)."""
+    if not config["validation"]["tasks"]["tasks"]:
+        return {}
+    from .evaluation.protocol import task_plan
+
+    points = sorted(task_plan(config)["points"])
+    return {"tasks": {"points": points, "tolerance": config["validation"]["tasks"]["tolerance"]}}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -258,7 +273,8 @@ def report_key(config: dict) -> str:
             "ig": [u.keys["ig"] for u in units(config)],
             "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
-        },
+        }
+        | _tasks_if_set(config),
     )
 
 

@@ -441,6 +441,20 @@ def build_report(
             head["heldout"] = {"asked": heldout[seed]["asked"], **counts}
         val_ctx.append(ctx)
         val_heads.append(head)
+    task_ctx, task_head = None, None
+    if getattr(inputs, "task_validation", []):  # validation.tasks (headattr.evaluation.report_section)
+        from .evaluation.report_section import task_context
+
+        tolerance = config["validation"]["tasks"]["tolerance"]
+        task_ctx, task_head = task_context(
+            inputs.task_validation[0],
+            inputs.task_cost[0],
+            tolerance,
+            getattr(inputs, "validation_summary", []),
+            summaries,
+            figures_dir,
+            _md_table,
+        )
     flags, capped = [], []
     for s in summaries:
         c = s["completeness"]
@@ -484,6 +498,7 @@ def build_report(
         "seed_consistency": seed_heads,
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
+        **({"task_validation": task_head} if task_head else {}),
     }
     context = {
         "run": config["run"],
@@ -504,6 +519,7 @@ def build_report(
         "method_diags": method_ctx,
         "seed_diags": seed_ctx,
         "validations": val_ctx,
+        "task_validation": task_ctx,
         "settings_yaml": yaml.safe_dump(config, sort_keys=False),
     }
     text = render(context, template)

@@ -8,6 +8,7 @@ from headattr.workflow import is_weight_file
 from headattr.config import (
     diagnostic_groups,
     heldout_units,
+    heldout_validation,
     report_key,
     stage_key,
     units,
@@ -15,6 +16,8 @@ from headattr.config import (
     validation_groups,
 )
 from headattr.sweep import sweep_plan, sweep_points
+from headattr.evaluation.protocol import eval_settings, task_files, task_plan
+from headattr.evaluation.tasks import check_tasks
 
 validate_config(config, Path.cwd())
 POINTS = sweep_points(config, lambda point: validate_config(point, Path.cwd()))
@@ -24,6 +27,8 @@ CONFIGS = [config] + [p.config for p in POINTS]
 if workflow.is_main_process:
     for cfg in CONFIGS:
         check_inputs(cfg, Path.cwd())
+    # validation.tasks: task files and names exist (before any job loads a model)
+    check_tasks(config, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
@@ -180,3 +185,22 @@ def get_demo_corpus():
     if config["demo_model"]["rebuild_corpus"]:
         return rules.demo_corpus.output.corpus
     return "resources/demo/corpus.jsonl.gz"
+
+
+# validation.tasks: the points of the task validation (rules/task_validation.smk)
+TASK_PLAN = task_plan(config)
+
+
+def task_mask_inputs(wc):
+    """The dumps (all seeds) of a ranked mask's method, or its imported importance file; none for random."""
+    spec = TASK_PLAN["masks"][wc.key]
+    imported = config["compare"]["importance_files"]
+    if spec["source"] is None:
+        return []
+    if spec["source"] in imported:
+        return [imported[spec["source"]]]
+    return [
+        path("ig", u.keys["ig"], "dump.npz")
+        for u in UNITS
+        if u.method == spec["source"]
+    ]

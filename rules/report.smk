@@ -36,6 +36,16 @@ rule report:
         validation=[f"{RESULTS}/validation/{k}/curves.csv" for k in VALIDATION],
         validation_summary=[f"{RESULTS}/validation/{k}/summary.csv" for k in VALIDATION],
         tokens=[ts["path"] for ts in TOKEN_SETS],
+        task_validation=(
+            [f"{RESULTS}/reports/{{key}}/task_validation.csv"]
+            if TASK_PLAN["points"]
+            else []
+        ),
+        task_cost=(
+            [f"{RESULTS}/reports/{{key}}/task_eval_cost.csv"]
+            if TASK_PLAN["points"]
+            else []
+        ),
         template=f"{workflow.basedir}/report/report.md.j2",
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",

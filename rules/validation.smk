@@ -30,7 +30,7 @@ rule validate_pruning:
         methods=lambda wc: list(VALIDATION_ALL[wc.key][0][1]),
         model=model_settings(),
         objective=lambda wc: VALIDATION_ALL[wc.key][1]["objective"],
-        cfg=lambda wc: VALIDATION_ALL[wc.key][1]["validation"],
+        cfg=lambda wc: heldout_validation(VALIDATION_ALL[wc.key][1]),
         engine=engine_settings(),
         postprocess=lambda wc: VALIDATION_ALL[wc.key][1]["report"]["postprocess"],
         importance_files=config["compare"]["importance_files"],

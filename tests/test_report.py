@@ -74,6 +74,59 @@ def curves() -> pd.DataFrame:
     return frame.assign(accuracy=0.5 - 0.1 * frame["fraction"])
 
 
+TASK_POINTS = [  # (method, order, seed, fraction, value): per_layer least keeps 0.8 at 0.1, most falls to 0.2
+    ("none", "none", None, 0.0, 0.8),
+    ("per_layer", "least", None, 0.1, 0.8),
+    ("per_layer", "most", None, 0.1, 0.2),
+    ("random", "random", 0, 0.1, 0.7),
+    ("random", "random", 1, 0.1, 0.5),
+]
+
+
+def task_csvs(root):
+    """task_validation.csv and task_eval_cost.csv of the points above (one task, metric acc)."""
+    from headattr.evaluation.summary import task_table
+
+    points = [
+        pd.DataFrame(
+            [
+                {
+                    "method": m,
+                    "task": "t",
+                    "metric": "acc",
+                    "order": o,
+                    "fraction": f,
+                    "value": v,
+                    "stderr": 0.05,
+                    "n": 20,
+                    "seed": s,
+                }
+            ]
+        )
+        for m, o, s, f, v in TASK_POINTS
+    ]
+    task_table(points).to_csv(root / "task_validation.csv", index=False)
+    cost = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "order": o,
+                "fraction": f,
+                "seed": s,
+                "heads_pruned": 1,
+                "forward_passes": 10 * (i + 1),
+                "rows": 40,
+                "items": 20,
+                "wall_s": 2.0,
+                "load_s": 0.1,
+                "key": f"k{i}",
+            }
+            for i, (m, o, s, f, _) in enumerate(TASK_POINTS)
+        ]
+    )
+    cost.to_csv(root / "task_eval_cost.csv", index=False)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     from headattr.validation import deletion_summary
@@ -102,6 +155,7 @@ def built(tmp_path_factory):
         },
     ]
     units = [{"seed": s, "method": "per_layer", "key": f"u{s}"} for s in (1, 2)]
+    task_csvs(root)
     inputs = SimpleNamespace(
         heads=[root / f"ig/u{s}/heads.csv" for s in (1, 2)],
         completeness=[root / f"ig/u{s}/completeness.csv" for s in (1, 2)],
@@ -111,9 +165,12 @@ def built(tmp_path_factory):
         method_diag=[root / "methods"],
         validation=[root / "curves.csv"],
         validation_summary=[root / "summary.csv"],
+        task_validation=[root / "task_validation.csv"],
+        task_cost=[root / "task_eval_cost.csv"],
     )
     config = {
         "run": "synthetic",
+        "validation": {"tasks": {"tolerance": 0.1}},
         "ig": {"steps": 8, "rule": "riemann_right", "tol": None},
         "report": {"gap_threshold": 0.01},
     }
@@ -210,3 +267,18 @@ def test_report_names_the_bootstrap_method_and_top_k_definitions(built):
     assert "Per-layer K = 5, 10, 15, 20, 25, 30 skipped: not below the 4 heads of a layer" in report
     assert "Global K = 15, 20, 25, 30 skipped: not below the 12 heads." in report
     assert "| rank | layer | pearson | spearman | top2 overlap |" in report
+
+
+def test_task_validation_section_numbers(built):
+    _, report, summary, _ = built
+    section = report.split("## Task validation (lm-eval)")[1].split("## Settings")[0]
+    assert "0.800 ± 0.050" in section and "0.200 ± 0.050" in section  # per_layer least / most at 0.1
+    assert "0.600 ± 0.141" in section  # random mean ± sd of 0.7 and 0.5
+    tv = summary["task_validation"]
+    ratio = {(r["order"], r["fraction"]): r["ratio"] for r in tv["drop_ratios"]}
+    assert ratio[("most", 0.1)] == pytest.approx(3.0) and ratio[("least", 0.1)] == pytest.approx(0.0)
+    curves = {(r["method"], r["order"]): r for r in tv["curves"]}
+    assert curves[("per_layer", "least")]["removable_fraction"] == 0.1
+    assert curves[("per_layer", "most")]["removable_fraction"] == 0.0
+    per_point = next(r for r in tv["cost"] if r["job"] == "task evaluation, per point")
+    assert per_point["forward_passes"] == pytest.approx(30.0) and per_point["points"] == 5
