@@ -24,7 +24,7 @@ It is an upper-bound style estimate meant for choosing rows per pass, not an exa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 # Sustained FLOP/s assumed per device class: ~40% of dense bf16 peak on GPUs (hooks, small matmuls, attention
 # and the backward keep real runs well below peak); fp32 for 2 CPU cores (measured ~20-60 GFLOP/s for matmuls).
@@ -136,6 +136,72 @@ def row_flops(
     return RowCost(forward, backward)
 
 
+def attention_part(dims: ModelDims, seq_len: int) -> float:
+    """Forward FLOPs of one layer's q/k/v projections and attention for one row (what attention replay skips)."""
+    return dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden
+
+
+def backward_tail(dims: ModelDims, seq_len: int) -> float:
+    """Share of a row's lowest layer that needs a backward: its q/k/v and attention do not (nothing below them
+    requires grad: embeddings and parameters are frozen, cached hidden states are constants)."""
+    return 1.0 - attention_part(dims, seq_len) / (2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden)
+
+
+@dataclass
+class PassCounts:
+    """What an engine actually ran (see :meth:`add`): row-passes, layer-passes, forward passes and FLOPs.
+
+    ``grad_rows`` ran forward and backward, ``loss_rows`` forward only (prefix-capture rows included, as in
+    :func:`ig_cost`); ``layer_forwards`` / ``layer_backwards`` count one per row and transformer layer it ran
+    forward / backward (a gradient row backpropagates through every layer it ran, down to its lowest, whose
+    q/k/v and attention FLOPs are not counted); ``passes`` is the number of model calls (chunks); FLOPs follow
+    :func:`row_flops` for each chunk's rows, length and scored positions (NaN without model dims).
+    """
+
+    grad_rows: int = 0
+    loss_rows: int = 0
+    layer_forwards: int = 0
+    layer_backwards: int = 0
+    passes: int = 0
+    flops_forward: float = 0.0
+    flops_backward: float = 0.0
+
+    def add(
+        self,
+        dims: ModelDims | None,
+        seq_len: int,
+        rows: int,
+        layers: int,
+        n_scored: float,
+        grad: bool,
+        replayed: bool = False,
+        extra_forward: float = 0.0,
+    ) -> None:
+        """Count one model call of ``rows`` rows of ``seq_len`` tokens through ``layers`` layers, ``n_scored``
+        scored positions in all (logits computed there); ``replayed``: its first layer's attention came from the
+        prefix cache; ``extra_forward``: FLOPs on top (a capture pass's last attention)."""
+        self.passes += 1
+        self.grad_rows += rows if grad else 0
+        self.loss_rows += 0 if grad else rows
+        self.layer_forwards += rows * layers
+        self.layer_backwards += rows * layers if grad else 0
+        if dims is None:
+            self.flops_forward = self.flops_backward = float("nan")
+            return
+        back = layers - 1 + backward_tail(dims, seq_len) if layers else 0.0
+        cost = row_flops(dims, seq_len, layers, n_scored / max(rows, 1), grad, backward_layers=back)
+        skipped = attention_part(dims, seq_len) if replayed else 0.0
+        self.flops_forward += rows * (cost.forward - skipped) + extra_forward
+        self.flops_backward += rows * cost.backward
+
+    @property
+    def flops(self) -> float:
+        return self.flops_forward + self.flops_backward
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
+
+
 def ig_cost(
     dims: ModelDims,
     seq_len: int,
@@ -167,8 +233,8 @@ def ig_cost(
     n_layers = dims.n_layers
     s = seq_len if full_logits else scored_fraction * seq_len
     # The moving layer's q/k/v and attention need no backward when its input is cached (fraction of a layer).
-    attention_part = dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden
-    tail = 1.0 - attention_part / (2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden)
+    attention = attention_part(dims, seq_len)
+    tail = backward_tail(dims, seq_len)
     replay = bool(attention_cache and prefix_cache and method == "per_layer")
     grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd = 0, 0, 0.0, 0.0, 0.0, 0.0
 
@@ -180,7 +246,7 @@ def ig_cost(
         loss_rows += 0 if grad else rows
         layer_fwd += rows * layers
         layer_bwd += rows * ((layers if back_layers is None else back_layers) if grad else 0)
-        fwd += rows * (cost.forward - (attention_part if replayed else 0.0))
+        fwd += rows * (cost.forward - (attention if replayed else 0.0))
         bwd += rows * cost.backward
 
     at_one = int(shared_rows and rule in ("riemann_right", "trapezoid"))  # a node at t = 1
@@ -202,7 +268,7 @@ def ig_cost(
             prefix = row_flops(dims, seq_len, n_layers - 1, 0, False)
             loss_rows += n_p
             layer_fwd += n_p * (n_layers - 1)
-            fwd += n_p * (prefix.forward + (attention_part if replay else 0.0))
+            fwd += n_p * (prefix.forward + (attention if replay else 0.0))
     else:
         add(n_p * (n_layers * (steps - at_one) + at_one), n_layers, True, n_layers - 1 + tail)
         if end_losses:
@@ -224,6 +290,33 @@ def ig_cost(
         "flops_backward": bwd * scale,
         "flops": (fwd + bwd) * scale,
         "dims": asdict(dims),
+    }
+
+
+def device_name(device) -> str:
+    """``cuda:0 (NVIDIA H200)`` for a CUDA device, ``cpu (N threads)`` for the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def compute_record(counts: PassCounts, wall_s: float, device, n_samples: int, resumed: int = 0) -> dict:
+    """What one attribution job ran, JSON-ready: :class:`PassCounts`, wall seconds, device, GPU-hours (CUDA only).
+
+    ``n_samples`` samples in the job, ``resumed`` of them read from checkpoints (their passes are not counted:
+    the counts and the wall time are this process's)."""
+    import torch
+
+    on_gpu = torch.device(device).type == "cuda"
+    return counts.as_dict() | {
+        "n_samples": int(n_samples),
+        "computed_samples": int(n_samples - resumed),
+        "wall_s": round(float(wall_s), 3),
+        "device": device_name(device),
+        "gpu_hours": float(wall_s) / 3600.0 if on_gpu else None,
     }
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 
 from .aggregate import score_matrix
+from .compute import compute_table, total_line
 from .dumps import atomic_write, load_npz, read_meta
 from .methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from .plots import (
@@ -427,6 +428,7 @@ def build_report(
             }
         )
     data_table, data_notes = data_section(list(token_sets))
+    compute = compute_table(units)
     heldout = {ts["seed"]: ts for ts in token_sets if ts["role"] == "held-out"}
     val_ctx, val_heads = [], []
     for seed, curves_csv, summary_csv in zip(
@@ -483,6 +485,7 @@ def build_report(
         "seed_consistency": seed_heads,
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
+        "compute": compute.astype(object).where(compute.notna(), None).to_dict("records"),
     }
     context = {
         "run": config["run"],
@@ -493,6 +496,8 @@ def build_report(
         "gap_threshold": threshold,
         "steps_note": steps_note,
         "completeness_table": _md_table(_completeness_rows(summaries)),
+        "compute_table": _md_table(compute.fillna("-"), ".3g") if len(compute) else "",
+        "compute_total": total_line(compute),
         "completeness_flags": flags,
         "capped": capped,
         "top_k": top_k,

@@ -221,7 +221,12 @@ def attribute(
             rule=run_settings.rule,
         )
         print(format_estimate(est), flush=True)
+    import time
+
+    from .cost import compute_record
+
     engine = engine_for(adapter, model_cfg, engine_cfg)
+    started, stats = time.perf_counter(), {}
     arrays, full_meta = run_attribution(
         engine,
         samples,
@@ -230,13 +235,16 @@ def attribute(
         {**(meta or {}), "shard": shard},
         checkpoint_dir=checkpoint_dir,
         fingerprint=str(((meta or {}).get("params") or {}).get("model", {}).get("files_sha256") or ""),
+        stats=stats,
     )
+    wall = time.perf_counter() - started
     save_npz(out, arrays, full_meta)
     return {
         "n_samples": len(samples),
         "n_layers": adapter.n_layers,
         "n_heads": adapter.n_heads,
         "family": adapter.family,
+        "compute": compute_record(engine.counts, wall, engine.device, len(samples), stats.get("resumed", 0)),
     }
 
 

@@ -133,7 +133,8 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     """What the comparison of the points needs, JSON-ready, and its artifact key.
 
     ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
-    seeds, its attribution benchmark files (under the benchmarks folder), its postprocess; ``validation``:
+    seeds, its attribution benchmark files (under the benchmarks folder) and shard manifests (under the ig
+    folder), its postprocess; ``validation``:
     (point, pruning-validation key) pairs; ``reference``: the reference point's name; ``axes``: {name: {key,
     values (labels), numeric, order}}.
     """
@@ -142,10 +143,13 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     entities = []
     for point in points:
         methods = point.config["ig"]["methods"]
-        by_method, benchmarks = {}, {}
+        by_method, benchmarks, manifests = {}, {}, {}
         for unit in units(point.config):
             by_method.setdefault(unit.method, []).append(unit.keys["ig"])
             benchmarks.setdefault(unit.method, []).extend(f"attribute/{unit.keys['ig']}/{s}.tsv" for s in unit.shards)
+            manifests.setdefault(unit.method, []).extend(
+                f"{unit.keys['ig']}/shards/{s}.manifest.json" for s in unit.shards
+            )
         for method in methods:
             entities.append(
                 {
@@ -155,6 +159,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "values": {n: value_label(v) for n, v in point.values.items()},
                     "ig": by_method[method],
                     "benchmarks": benchmarks[method],
+                    "manifests": manifests[method],
                     "postprocess": point.config["report"]["postprocess"],
                 }
             )

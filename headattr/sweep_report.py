@@ -74,10 +74,16 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
     ]
     if "compute" in tables:
         c = tables["compute"]
+        total = f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU"
+        if "flops" in c:
+            gpu = c["gpu_hours"].dropna() if "gpu_hours" in c else []
+            total += f", {c['flops'].sum():.3g} FLOPs (cost model)"
+            total += f", {gpu.sum():.4g} GPU-hours" if len(gpu) else ""
         text += [
-            "## Compute per point (attribution jobs, Snakemake benchmarks)\n",
-            _md(c, ".1f"),
-            f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU "
-            "(a point shared with an earlier sweep shows its original cost).\n",
+            "## Compute per point (attribution jobs: Snakemake benchmarks and engine counts)\n",
+            "Passes per computed example (`/ex`), cost-model FLOPs, the engine loop's wall time (`engine_wall_s`), "
+            "device and GPU-hours come from the shard manifests (see the run reports' Compute section).\n",
+            _md(c, ".4g"),
+            total + " (a point shared with an earlier sweep shows its original cost).\n",
         ]
     atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(text)))

@@ -9,7 +9,8 @@
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
 - ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
-  over seeds and shards, peak resident memory).
+  over seeds and shards, peak resident memory) and from the shard manifests (row- and layer-passes per example,
+  cost-model FLOPs, the engine loop's wall seconds, device, GPU-hours; see :mod:`headattr.compute`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import per_sample_importance
+from .compute import COLUMNS, per_example, unit_compute
 from .dumps import load_dump
 from .stats.stability import converged_at, pair_stability
 
@@ -128,26 +130,34 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
-def compute_table(plan: dict, benchmarks: dict) -> pd.DataFrame:
-    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}."""
+def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -> pd.DataFrame:
+    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}; with
+    ``manifests`` {name: path} also the engine's counts per example, FLOPs, device and GPU-hours
+    (see :mod:`headattr.compute`)."""
     rows = []
     for e in plan["entities"]:
         bench = pd.concat([pd.read_csv(benchmarks[b], sep="\t") for b in e["benchmarks"]])
-        rows.append(
-            {
-                "label": e["label"],
-                "attribute_jobs": len(bench),
-                "wall_s": float(bench["s"].sum()),
-                "cpu_s": float(bench["cpu_time"].sum()),
-                "max_rss_mb": float(bench["max_rss"].max()),
-            }
-        )
+        row = {
+            "label": e["label"],
+            "attribute_jobs": len(bench),
+            "wall_s": float(bench["s"].sum()),
+            "cpu_s": float(bench["cpu_time"].sum()),
+            "max_rss_mb": float(bench["max_rss"].max()),
+        }
+        total = unit_compute([manifests[m] for m in e.get("manifests", [])]) if manifests else None
+        if total is not None:
+            counted = per_example(total)
+            row |= {k: counted[k] for k in COLUMNS if k != "wall_s"} | {"engine_wall_s": counted["wall_s"]}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None) -> dict:
+def sweep_tables(
+    plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None, manifests: dict | None = None
+) -> dict:
     """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
-    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table)."""
+    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table),
+    ``manifests`` {entity manifest name: path} of their shards (engine counts in the compute table)."""
     compare = Comparer(plan, dumps)
     labels = compare.labels
     pairs = []
@@ -168,7 +178,7 @@ def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | No
         "sensitivity": sensitivity_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc_table(plan, summaries),
-    } | ({"compute": compute_table(plan, benchmarks)} if benchmarks is not None else {})
+    } | ({"compute": compute_table(plan, benchmarks, manifests)} if benchmarks is not None else {})
 
 
 def stability_matrix(pairs: pd.DataFrame, labels: list[str], metric: str = "spearman") -> np.ndarray:

@@ -30,6 +30,10 @@ rule report:
             ]
             for u in UNITS
         ],
+        manifests=[
+            [path("ig", u.keys["ig"], f"shards/{s}.manifest.json") for s in u.shards]
+            for u in UNITS
+        ],
         unit_diag=[f"{RESULTS}/diagnostics/unit/{k}" for k in DIAG["unit"]],
         seed_diag=[f"{RESULTS}/diagnostics/seeds/{k}" for k in DIAG["seeds"]],
         method_diag=[f"{RESULTS}/diagnostics/methods/{k}" for k in DIAG["methods"]],
@@ -62,6 +66,10 @@ rule report:
                 "key": u.keys["ig"],
                 "benchmarks": [
                     f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}/{s}.tsv"
+                    for s in u.shards
+                ],
+                "manifests": [
+                    path("ig", u.keys["ig"], f"shards/{s}.manifest.json")
                     for s in u.shards
                 ],
             }

@@ -11,6 +11,7 @@ import pytest
 
 from headattr import diagnostics
 from headattr.aggregate import aggregate, completeness_table
+from headattr.cost import PassCounts, compute_record
 from headattr.dumps import save_npz
 from headattr.report import TEMPLATE, build_report, completeness_digest, data_section
 
@@ -102,6 +103,9 @@ def built(tmp_path_factory):
         },
     ]
     units = [{"seed": s, "method": "per_layer", "key": f"u{s}"} for s in (1, 2)]
+    record = compute_record(PassCounts(grad_rows=30, loss_rows=12, layer_forwards=87), 4.0, "cpu", 6, resumed=1)
+    (root / "shard.manifest.json").write_text(json.dumps({"result": {"compute": record}}))
+    units[0]["manifests"] = [root / "shard.manifest.json"]  # unit 2 predates compute accounting
     inputs = SimpleNamespace(
         heads=[root / f"ig/u{s}/heads.csv" for s in (1, 2)],
         completeness=[root / f"ig/u{s}/completeness.csv" for s in (1, 2)],
@@ -142,6 +146,14 @@ def test_headings_are_the_templates_once_each_in_order(built):
     report_heads = [line for line in report.splitlines() if re.match(r"^#{2} \w", line)]
     assert report_heads == template_heads
     json.loads((built[0] / "summary.json").read_text())
+
+
+def test_compute_table_is_in_the_report(built):
+    _, report, summary, _ = built
+    section = report.split("## Compute")[1].split("## ")[0]
+    assert "| per_layer | 1 | 5/6 | 6 | 2.4 | 17.4 |" in section  # 30, 12 and 87 over 5 computed samples
+    assert "Total: 0 FLOPs (cost model), 4.0 s wall." in section
+    assert [(r["method"], r["seed"], r["gpu_hours"]) for r in summary["compute"]] == [("per_layer", 1, None)]
 
 
 def test_every_tokenize_count_and_skip_reason_is_reported(built):

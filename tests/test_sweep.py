@@ -12,6 +12,7 @@ from scipy import stats as sps
 from test_workflow import planned_jobs, snakemake
 
 from headattr.config import units, validate_config
+from headattr.cost import PassCounts, compute_record
 from headattr.dumps import save_npz
 from headattr.errors import ConfigError
 from headattr.stats.stability import converged_at, pair_stability
@@ -162,6 +163,12 @@ def test_compute_table_sums_the_benchmarks(tmp_path):
     plan = {"entities": [{"label": "K=2", "benchmarks": ["a/s0.tsv", "a/s1.tsv"]}]}
     row = compute_table(plan, {b: tmp_path / b for b in plan["entities"][0]["benchmarks"]}).iloc[0]
     assert (row["attribute_jobs"], row["wall_s"], row["cpu_s"], row["max_rss_mb"]) == (2, 4.0, 6.0, 300.0)
+    record = compute_record(PassCounts(grad_rows=8, loss_rows=2, flops_forward=3e9), 1.5, "cpu", 2)
+    (tmp_path / "m0.json").write_text(json.dumps({"result": {"compute": record}}))
+    plan["entities"][0]["manifests"] = ["m0.json"]
+    benchmarks = {b: tmp_path / b for b in plan["entities"][0]["benchmarks"]}
+    row = compute_table(plan, benchmarks, {"m0.json": tmp_path / "m0.json"}).iloc[0]
+    assert (row["rows_fwd_bwd/ex"], row["rows_fwd/ex"], row["flops"], row["engine_wall_s"]) == (4.0, 1.0, 3e9, 1.5)
 
 
 def test_unpaired_samples_and_converged_at():
