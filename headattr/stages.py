@@ -219,6 +219,7 @@ def attribute(
             run_settings.steps,
             "per_layer" if run_settings.method == "per_layer" else "joint",
             rule=run_settings.rule,
+            rows_per_pass=engine_cfg.get("rows_per_pass") or 16,
         )
         print(format_estimate(est), flush=True)
     import time

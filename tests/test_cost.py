@@ -192,8 +192,13 @@ def test_engine_counts_per_layer_equal_the_formulas(prefix_cache):
         assert (c.grad_rows, c.loss_rows) == (30, 9)
         assert c.layer_forwards == (30 + 9) * n_layers and c.layer_backwards == 30 * n_layers
     mean_scored = float(np.mean(scored.n_scored))
-    est = ig_cost(ModelDims.from_config(model.config), t, 1, n_p, steps, "per_layer", prefix_cache, mean_scored / t)
+    dims = ModelDims.from_config(model.config)
+    est = ig_cost(dims, t, 1, n_p, steps, "per_layer", prefix_cache, mean_scored / t, rows_per_pass=5)
     assert (est["grad_rows"], est["loss_rows"], est["layer_forwards"]) == (c.grad_rows, c.loss_rows, c.layer_forwards)
+    if prefix_cache:  # chunks of 5, layers l..2 for l = 0, 1, 2 (3 + 2 + 1 = 6): per l 9 gradient rows (2 chunks,
+        # forward and backward) and 3 baseline rows (1 chunk); 3 all-on gradient rows (3 layers); capture (2 layers)
+        assert c.layer_calls == 2 * 2 * 6 + 6 + 2 * 3 + 2 == 38
+    assert est["layer_calls"] == c.layer_calls
     assert c.flops_forward == pytest.approx(est["flops_forward"]) and c.flops == pytest.approx(est["flops"])
 
 
@@ -213,5 +218,18 @@ def test_engine_counts_joint_and_passes():
         "joint",
         rule="trapezoid",
         scored_fraction=float(np.mean(scored.n_scored)) / scored.input_ids.shape[1],
+        rows_per_pass=4,
     )
-    assert c.flops == pytest.approx(est["flops"])
+    assert c.flops == pytest.approx(est["flops"]) and est["layer_calls"] == c.layer_calls == 2 * 3 * 2
+
+
+def test_cpu_estimate_adds_the_per_layer_call_overhead():
+    from headattr.cost import DEVICE_FLOPS, LAYER_CALL_SECONDS
+
+    est = estimate(DIMS, T, 3, 1, 2, "per_layer", device_class="cpu-2core", rows_per_pass=16)
+    # per sample (K = 2, riemann_right, cached): layer 0's path row (2 layers, forward and backward) 4 + its
+    # baseline row 2; layer 1's path row 2 + baseline 1; the all-on row 4; the capture pass 1 = 14 layer calls
+    assert est["layer_calls"] == 3 * 14
+    want = est["flops"] / DEVICE_FLOPS["cpu-2core"] + 42 * LAYER_CALL_SECONDS["cpu-2core"]
+    assert est["seconds"]["cpu-2core"] == pytest.approx(want) and LAYER_CALL_SECONDS["cpu-2core"] > 0
+    assert wall_time(est["flops"], "h100", est["layer_calls"]) == pytest.approx(est["flops"] / DEVICE_FLOPS["h100"])
