@@ -161,9 +161,10 @@ class PassCounts:
     ``grad_rows`` ran forward and backward, ``loss_rows`` forward only (prefix-capture rows included, as in
     :func:`ig_cost`); ``layer_forwards`` / ``layer_backwards`` count one per row and transformer layer it ran
     forward / backward (a gradient row backpropagates through every layer it ran, down to its lowest, whose
-    q/k/v and attention FLOPs are not counted); ``passes`` is the number of model calls (chunks), ``layer_calls`` the layers those calls ran, twice for
-    calls with a backward (the unit of per-operation overhead, see :data:`LAYER_CALL_SECONDS`); FLOPs follow
-    :func:`row_flops` for each chunk's rows, length and scored positions (NaN without model dims).
+    q/k/v and attention FLOPs are not counted); ``passes`` is the number of model calls (chunks),
+    ``layer_calls`` the layers those calls ran, twice for calls with a backward (the unit of per-operation
+    overhead, see :data:`LAYER_CALL_SECONDS`); FLOPs follow :func:`row_flops` for each chunk's rows, length and
+    scored positions (NaN without model dims).
     """
 
     grad_rows: int = 0
