@@ -58,7 +58,8 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         f"# Sweep `{plan['key']}`\n",
         f"{len(labels)} points ({plan['mode']}), reference `{plan['reference']}`. Agreement of the mean rankings "
         f"(importance after each point's `report.postprocess`); intervals: BCa bootstrap over samples, "
-        f"{s['n_boot']} resamples (scipy.stats.bootstrap), in `pairs.csv` and `sensitivity.csv`.\n",
+        f"{s['n_boot']} resamples (scipy.stats.bootstrap), or where BCa would exclude the estimate the normal "
+        "interval on Fisher's z (`ci_method`), in `pairs.csv` and `sensitivity.csv`.\n",
         "## Axes\n",
         _md(axes),
         "## Stability matrix (global Spearman)\n",

@@ -2,7 +2,8 @@
 
 - ``points``: one row per entity (point, method): axis values, seeds' ig keys, samples.
 - ``pairs``: agreement of every pair of entities (global and per layer; Spearman, Pearson, top-K overlap), with
-  BCa bootstrap intervals over samples (paired when both saw the same samples).
+  bootstrap intervals over samples (paired when both saw the same samples): BCa, or where BCa would exclude the
+  estimate the normal interval on Fisher's z (``ci_method``).
 - ``sensitivity``: per axis and value, the global agreement with the reference point (other axes at the
   reference's values in grid mode).
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
@@ -171,7 +172,7 @@ def sweep_tables(
             for e in plan["entities"]
         ]
     )
-    columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high"]
+    columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high", "ci_method"]
     return {
         "points": points,
         "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),

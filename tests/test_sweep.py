@@ -243,3 +243,21 @@ def test_sweep_error_fails_before_any_rule(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "sweep.axes.K.values: an axis needs at least two values" in output
     assert "Job stats" not in output
+
+
+def test_intervals_contain_the_estimate_with_the_fisher_fallback():
+    # noisy per-sample scores: resampled means repeat samples and pull the global Spearman down, so plain BCa
+    # gave [0.327, 0.798] around an estimate of 0.853 here
+    rng = np.random.default_rng(7)
+    base = rng.normal(size=(1, 3, 6))
+    a, b = base + rng.normal(scale=2, size=(20, 3, 6)), base + rng.normal(scale=2, size=(20, 3, 6))
+    df = pair_stability(a, b, paired=True, topk=[5], layer_topk=2, n_boot=200, seed=0)
+    assert ((df["ci_low"] <= df["value"]) & (df["value"] <= df["ci_high"])).all()
+    row = df[(df["scope"] == "global") & (df["metric"] == "spearman")].iloc[0]
+    assert row["value"] == pytest.approx(sps.spearmanr(a.mean(0).ravel(), b.mean(0).ravel()).statistic)
+    assert row["ci_method"] == "normal (Fisher z)"
+    z, lo, hi = np.arctanh([row["value"], row["ci_low"], row["ci_high"]])
+    assert z - lo == pytest.approx(hi - z) and hi > z  # symmetric on Fisher's z, not degenerate
+    assert set(df["ci_method"]) <= {"BCa", "normal", "normal (Fisher z)"}
+    overlaps = df[df["metric"].str.endswith("_overlap")]
+    assert (overlaps["ci_method"] != "normal (Fisher z)").all()  # overlaps are not correlations
