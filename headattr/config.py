@@ -241,6 +241,19 @@ def diagnostic_groups(config: dict) -> dict:
     return out
 
 
+def dispersion_groups(config: dict) -> dict:
+    """Per seed, when ``dispersion.enabled``: {key: (seed, unit)} of the attention-dispersion pass over that seed's
+    attribution samples and masks (the unit's tokens and masks keys; no attribution settings enter the key)."""
+    cfg = config.get("dispersion", {})
+    if not cfg.get("enabled"):
+        return {}
+    out = {}
+    for unit in {u.seed: u for u in units(config)}.values():
+        params = {"masks": unit.slices["masks"], "model": model_slice(config), "d": cfg}
+        out[stage_key(f"seed{unit.seed}-dispersion", params)] = (unit.seed, unit)
+    return out
+
+
 def _floor_if_set(config: dict) -> dict:
     """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
     floor = config["ig"].get("gap_floor", 0.01)
@@ -256,7 +269,8 @@ def report_key(config: dict) -> str:
             "ig": [u.keys["ig"] for u in units(config)],
             "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
-        },
+        }
+        | ({"dispersion": sorted(dispersion_groups(config))} if dispersion_groups(config) else {}),
     )
 
 

@@ -7,6 +7,7 @@ from headattr.checks import check_inputs
 from headattr.workflow import is_weight_file
 from headattr.config import (
     diagnostic_groups,
+    dispersion_groups,
     heldout_units,
     report_key,
     stage_key,

@@ -40,6 +40,7 @@ rule report:
         validation=[f"{RESULTS}/validation/{k}/curves.csv" for k in VALIDATION],
         validation_summary=[f"{RESULTS}/validation/{k}/summary.csv" for k in VALIDATION],
         tokens=[ts["path"] for ts in TOKEN_SETS],
+        dispersion=[f"{RESULTS}/dispersion/{k}/heads.csv" for k in DISPERSION],
         template=f"{workflow.basedir}/report/report.md.j2",
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",
@@ -82,6 +83,7 @@ rule report:
         method_groups=[{"seed": s} for s, _ in DIAG["methods"].values()],
         validation_seeds=[seed for seed, _, _ in VALIDATION.values()],
         token_sets=TOKEN_SETS,
+        dispersion_seeds=[seed for seed, _ in DISPERSION.values()],
         config=config,
     script:
         "../scripts/report.py"

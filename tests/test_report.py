@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from headattr import diagnostics
 from headattr.aggregate import aggregate, completeness_table
@@ -121,6 +122,14 @@ def built(tmp_path_factory):
         "ig": {"steps": 8, "rule": "riemann_right", "tol": None},
         "report": {"gap_threshold": 0.01},
     }
+    heads = pd.read_csv(root / "ig/u1/heads.csv")  # dispersion planted on seed 1: entropy ranks as importance,
+    disp = heads[["layer", "head"]].assign(  # topk_mass in reverse, the other two by layer alone
+        entropy=heads["importance"] * 2 + 1,
+        entropy_norm=heads["layer"],
+        effective_blocks=heads["layer"] ** 2,
+        topk_mass=-heads["importance"],
+    )
+    disp.to_csv(root / "dispersion.csv", index=False)
     summary = build_report(
         units,
         inputs,
@@ -132,6 +141,7 @@ def built(tmp_path_factory):
         method_groups=[{"seed": 1}],
         validation_seeds=[1],
         token_sets=token_sets,
+        dispersion={1: root / "dispersion.csv"},
     )
     return root, (root / "report.md").read_text(), summary, a
 
@@ -154,6 +164,17 @@ def test_compute_table_is_in_the_report(built):
     assert "| per_layer | 1 | 5/6 | 6 | 2.4 | 17.4 |" in section  # 30, 12 and 87 over 5 computed samples
     assert "Total: 0 FLOPs (cost model), 4.0 s wall." in section
     assert [(r["method"], r["seed"], r["gpu_hours"]) for r in summary["compute"]] == [("per_layer", 1, None)]
+
+
+def test_dispersion_correlation_per_method(built):
+    root, report, summary, _ = built
+    (row,) = summary["dispersion_spearman"]  # seed 2 has no dispersion table
+    heads = pd.read_csv(root / "ig/u1/heads.csv")
+    by_layer = sps.spearmanr(heads["importance"], heads["layer"]).statistic
+    assert (row["method"], row["seed"], row["entropy"], row["topk_mass"]) == ("per_layer", 1, 1.0, -1.0)
+    assert row["entropy_norm"] == pytest.approx(by_layer) and row["effective_blocks"] == pytest.approx(by_layer)
+    section = report.split("## Attention dispersion")[1].split("## ")[0]
+    assert "| per_layer | 1 | 1.000 |" in section and "Off" not in section
 
 
 def test_every_tokenize_count_and_skip_reason_is_reported(built):
