@@ -352,6 +352,14 @@ def _completeness_rows(summaries: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def transfer_note(config: dict) -> str:
+    """'scores from A, pruning judged on B' when validation.data names another source; else empty."""
+    other = (config.get("validation") or {}).get("data")
+    if not other:
+        return ""
+    return f"Scores from `{config['data']['source']}`, pruning judged on `{other['source']}` (`validation.data`)."
+
+
 def dispersion_table(units: list[dict], heads_csvs, dispersion: dict) -> pd.DataFrame:
     """Per unit whose seed has a dispersion table: Spearman of its importance with each dispersion metric."""
     from .attention import METRICS, importance_correlation
@@ -502,6 +510,7 @@ def build_report(
         "pruning_validation": val_heads,
         "compute": compute.astype(object).where(compute.notna(), None).to_dict("records"),
         "dispersion_spearman": disp.to_dict("records"),
+        "transfer": transfer_note(config) or None,
     }
     context = {
         "run": config["run"],
@@ -515,6 +524,7 @@ def build_report(
         "compute_table": _md_table(compute.fillna("-"), ".3g") if len(compute) else "",
         "compute_total": total_line(compute),
         "dispersion_table": _md_table(disp, ".3f") if len(disp) else "",
+        "transfer_note": transfer_note(config),
         "completeness_flags": flags,
         "capped": capped,
         "top_k": top_k,
