@@ -176,9 +176,10 @@ def units(config: dict) -> list[Unit]:
 
 def transfer_config(config: dict) -> dict | None:
     """The config whose ``data`` is ``validation.data`` over ``data`` (max_samples = validation.n_samples), or None
-    when the held-out samples come from the attribution data."""
+    when the held-out samples come from the attribution data (no ``validation.data``, or the same source: the
+    in-task diagonal of a transfer sweep, held-out samples after the attribution samples)."""
     val = config["validation"]
-    if not val.get("data"):
+    if not val.get("data") or val["data"]["source"] == config["data"]["source"]:
         return None
     d, vd = config["data"], val["data"]
     data = {
@@ -354,11 +355,6 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     transfer = config["validation"].get("data")
     if transfer:
         check_source(transfer["source"], root, "validation.data.source")
-        if transfer["source"] == config["data"]["source"]:
-            raise ConfigError(
-                f"validation.data.source: {transfer['source']!r} is the attribution source (data.source); leave "
-                "validation.data null for held-out samples of the same data"
-            )
     device = config["model"]["device"]
     if device.startswith("cuda"):
         import torch

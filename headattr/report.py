@@ -355,7 +355,7 @@ def _completeness_rows(summaries: list[dict]) -> pd.DataFrame:
 def transfer_note(config: dict) -> str:
     """'scores from A, pruning judged on B' when validation.data names another source; else empty."""
     other = (config.get("validation") or {}).get("data")
-    if not other:
+    if not other or other["source"] == config["data"]["source"]:
         return ""
     return f"Scores from `{config['data']['source']}`, pruning judged on `{other['source']}` (`validation.data`)."
 

@@ -134,9 +134,9 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
 
     ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
     seeds, its attribution benchmark files (under the benchmarks folder) and shard manifests (under the ig
-    folder), its postprocess; ``validation``:
-    (point, pruning-validation key) pairs; ``reference``: the reference point's name; ``axes``: {name: {key,
-    values (labels), numeric, order}}.
+    folder), its postprocess, the data sources of its scores and of its pruning validation (``scores_from``,
+    ``judged_on``); ``validation``: (point, pruning-validation key) pairs; ``reference``: the reference point's
+    name; ``axes``: {name: {key, values (labels), numeric, order}}.
     """
     from .config import stage_key, units, validation_groups
 
@@ -161,6 +161,8 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "benchmarks": benchmarks[method],
                     "manifests": manifests[method],
                     "postprocess": point.config["report"]["postprocess"],
+                    "scores_from": point.config["data"]["source"],
+                    "judged_on": (point.config["validation"].get("data") or point.config["data"])["source"],
                 }
             )
     validation = [{"point": p.name, "key": k} for p in points for k in validation_groups(p.config)]

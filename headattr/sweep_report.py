@@ -40,6 +40,20 @@ def sensitivity_plot(df: pd.DataFrame, axis: str, path) -> Path:
     return plots._save(fig, path)
 
 
+def transfer_markdown(transfer: pd.DataFrame) -> list[str]:
+    """The transfer matrices (one per method and mode) of the ``transfer`` table; none when it is empty."""
+    if transfer.empty:
+        return []
+    text = ["## Cross-task transfer (held-out AOPC - random, most important first)\n"]
+    for (method, mode), rows in transfer.groupby(["method", "mode"], sort=False):
+        matrix = rows.pivot_table(index="scores_from", columns="judged_on", values="aopc_vs_random", sort=False)
+        text += [
+            f"{method}, {mode}: rows = scores from, columns = pruning judged on\n",
+            _md(matrix.reset_index().rename(columns={"scores_from": "scores from"})),
+        ]
+    return text
+
+
 def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None:
     labels = [e["label"] for e in plan["entities"]]
     figures = Path(figures_dir)
@@ -73,6 +87,7 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         "## Held-out pruning AOPC per point\n",
         _md(tables["aopc"]),
     ]
+    text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]
         total = f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU"

@@ -9,6 +9,9 @@
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
+- ``transfer``: with ``validation.data`` on some point, AOPC minus random (most important first) per method, mode,
+  source of the scores and source pruning was judged on (a sweep over ``data.source`` x ``validation.data``
+  fills the transfer matrix).
 - ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
   over seeds and shards, peak resident memory) and from the shard manifests (row- and layer-passes per example,
   cost-model FLOPs, the engine loop's wall seconds, device, GPU-hours; see :mod:`headattr.compute`).
@@ -131,6 +134,24 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
+def transfer_table(plan: dict, aopc: pd.DataFrame) -> pd.DataFrame:
+    """Cross-task transfer: held-out AOPC minus random (most important first) per method and mode, with the
+    source the scores came from and the source pruning was judged on (mean over the points of each pair).
+    Empty unless some point judges its scores on another source (``validation.data``)."""
+    columns = ["method", "mode", "scores_from", "judged_on", "aopc_vs_random", "n_points"]
+    sources = pd.DataFrame(
+        [{"point": e["point"], "method": e["method"], **{k: e.get(k) for k in columns[2:4]}} for e in plan["entities"]]
+    )
+    if aopc.empty or not (sources["scores_from"] != sources["judged_on"]).any():
+        return pd.DataFrame(columns=columns)
+    df = aopc[aopc["order"] == "most_first"].merge(sources, on=["point", "method"])
+    return (
+        df.groupby(columns[:4], sort=False)
+        .agg(aopc_vs_random=("aopc_vs_random", "mean"), n_points=("point", "nunique"))
+        .reset_index()
+    )
+
+
 def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -> pd.DataFrame:
     """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}; with
     ``manifests`` {name: path} also the engine's counts per example, FLOPs, device and GPU-hours
@@ -173,12 +194,14 @@ def sweep_tables(
         ]
     )
     columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high", "ci_method"]
+    aopc = aopc_table(plan, summaries)
     return {
         "points": points,
         "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),
         "sensitivity": sensitivity_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
-        "aopc": aopc_table(plan, summaries),
+        "aopc": aopc,
+        "transfer": transfer_table(plan, aopc),
     } | ({"compute": compute_table(plan, benchmarks, manifests)} if benchmarks is not None else {})
 
 

@@ -36,15 +36,23 @@ def test_heldout_samples_come_from_the_other_source(project):
     # attribution is untouched (same keys), the validation key changes
     assert [u.keys for u in units(cfg)] == [u.keys for u in units(plain)]
     assert set(validation_groups(cfg)).isdisjoint(validation_groups(plain))
-    assert transfer_note(cfg) == (
-        "Scores from `pairs.jsonl`, pruning judged on `other.jsonl` (`validation.data`)."
-    ) and transfer_note(plain) == ""
+    assert (
+        transfer_note(cfg) == ("Scores from `pairs.jsonl`, pruning judged on `other.jsonl` (`validation.data`).")
+        and transfer_note(plain) == ""
+    )
+
+
+def test_the_attribution_source_itself_means_in_task_heldout(project):
+    plain = validate_config(copy.deepcopy(project))
+    cfg = copy.deepcopy(project)
+    cfg["validation"] = {"data": {"source": "pairs.jsonl"}}
+    cfg = validate_config(cfg)
+    assert [h.keys for h in heldout_units(cfg)] == [h.keys for h in heldout_units(plain)] and not transfer_note(cfg)
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"source": "pairs.jsonl"}, "validation.data.source: 'pairs.jsonl' is the attribution source"),
         ({"source": "missing.jsonl"}, "validation.data.source: file 'missing.jsonl' does not exist"),
         ({"source": "notes.txt"}, "validation.data.source: 'notes.txt' is not 'demo'"),
         ({"split": "test"}, "'source' is a required property"),
@@ -56,3 +64,30 @@ def test_bad_validation_data_fails_before_any_rule(project, data, message):
     cfg["validation"] = {"data": data}
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_transfer_matrix_from_the_sweep_points(tmp_path):
+    import pandas as pd
+
+    from headattr.sweep_report import transfer_markdown
+    from headattr.sweep_tables import transfer_table
+
+    pairs = {"p1": ("a", "b"), "p2": ("b", "a"), "p3": ("a", "a"), "p4": ("b", "b")}
+    plan = {
+        "entities": [{"point": p, "method": "joint", "scores_from": f, "judged_on": j} for p, (f, j) in pairs.items()]
+    }
+    aopc = pd.DataFrame(
+        [
+            {"point": p, "method": "joint", "mode": "one_shot", "order": o, "aopc": 0.0, "aopc_vs_random": v}
+            for p, v in zip(pairs, (0.1, 0.2, 0.3, 0.4), strict=True)
+            for o, v in (("most_first", v), ("least_first", -v))
+        ]
+    )
+    table = transfer_table(plan, aopc)
+    matrix = table.pivot_table(index="scores_from", columns="judged_on", values="aopc_vs_random")
+    assert matrix.loc["a", "b"] == 0.1 and matrix.loc["b", "a"] == 0.2 and matrix.loc["a", "a"] == 0.3
+    assert (table["n_points"] == 1).all() and len(table) == 4
+    in_task = {"entities": [e | {"judged_on": e["scores_from"]} for e in plan["entities"]]}
+    assert transfer_table(in_task, aopc).empty and transfer_markdown(transfer_table(in_task, aopc)) == []
+    text = "\n".join(transfer_markdown(table))
+    assert "| scores from | b | a |" in text and "| a | 0.100 | 0.300 |" in text and "| b | 0.400 | 0.200 |" in text
