@@ -91,3 +91,14 @@ def test_transfer_matrix_from_the_sweep_points(tmp_path):
     assert transfer_table(in_task, aopc).empty and transfer_markdown(transfer_table(in_task, aopc)) == []
     text = "\n".join(transfer_markdown(table))
     assert "| scores from | b | a |" in text and "| a | 0.100 | 0.300 |" in text and "| b | 0.400 | 0.200 |" in text
+
+
+def test_dry_run_draws_the_heldout_samples_from_the_other_source(project, tmp_path):
+    from test_workflow import planned_jobs, snakemake
+
+    cfg = copy.deepcopy(project)
+    cfg["validation"] = {"n_samples": 3, "data": {"source": "other.jsonl"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(snakemake(tmp_path, "-n"))
+    # per seed one draw of each source (the default shares one), tokenized and masked once each
+    assert (jobs["sample_data"], jobs["tokenize"], jobs["draw_masks"], jobs["validate_pruning"]) == (4, 4, 4, 2)
