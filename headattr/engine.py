@@ -74,6 +74,10 @@ class GateEngine:
             :func:`default_memory_budget`.
         attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
             the adapter allows (see :mod:`headattr.prefix`). Default: True.
+
+    Attributes:
+        counts (:class:`headattr.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
+            cost-model FLOPs of everything this engine ran (the attribute stage records them per shard).
     """
 
     def __init__(
