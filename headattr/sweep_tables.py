@@ -115,7 +115,8 @@ def convergence_table(plan: dict, compare: Comparer, tolerance: float) -> pd.Dat
                 }
                 for v, e, r in zip(values, line, rho, strict=True)
             ]
-    return pd.DataFrame(rows)
+    columns = ["axis", "method", "axis_value", "label", "spearman_vs_largest", "tolerance", "converged_at"]
+    return pd.DataFrame(rows, columns=columns)  # no numeric axis: a header-only CSV, not an empty file
 
 
 def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:

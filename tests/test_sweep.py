@@ -261,3 +261,16 @@ def test_intervals_contain_the_estimate_with_the_fisher_fallback():
     assert set(df["ci_method"]) <= {"BCa", "normal", "normal (Fisher z)"}
     overlaps = df[df["metric"].str.endswith("_overlap")]
     assert (overlaps["ci_method"] != "normal (Fisher z)").all()  # overlaps are not correlations
+
+
+def test_tables_of_a_sweep_without_numeric_axes_read_back(tmp_path):
+    from headattr.diagnostics import read_tables, write_tables
+
+    rng = np.random.default_rng(1)
+    paths = [fake_dump(tmp_path / f"d{i}.npz", rng.normal(size=(4, 2, 3, 4))) for i in range(2)]
+    plan = planted_plan([2, 4], ["a", "b"])
+    plan["axes"]["K"]["numeric"] = False  # e.g. data.source or validation.data values
+    tables = sweep_tables(plan, dict(zip(["a", "b"], paths, strict=True)), {})
+    assert tables["convergence"].empty and "converged_at" in tables["convergence"].columns
+    back = read_tables(write_tables(tables, tmp_path / "tables")[0].parent)  # an empty file would not parse
+    assert back["convergence"].empty and list(back["transfer"].columns)[:2] == ["method", "mode"]
