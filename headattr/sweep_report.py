@@ -90,16 +90,18 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
     text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]
-        total = f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU"
-        if "flops" in c:
-            gpu = c["gpu_hours"].dropna() if "gpu_hours" in c else []
-            total += f", {c['flops'].sum():.3g} FLOPs (cost model)"
+        once = c.drop_duplicates("ig_keys") if "ig_keys" in c else c  # points sharing an attribution count once
+        total = f"Total attribution: {once['wall_s'].sum():.1f} s wall, {once['cpu_s'].sum():.1f} s CPU"
+        if "flops" in once:
+            gpu = once["gpu_hours"].dropna() if "gpu_hours" in once else []
+            total += f", {once['flops'].sum():.3g} FLOPs (cost model)"
             total += f", {gpu.sum():.4g} GPU-hours" if len(gpu) else ""
+        total += f" over {len(once)} distinct attributions"
         text += [
             "## Compute per point (attribution jobs: Snakemake benchmarks and engine counts)\n",
             "Passes per computed example (`/ex`), cost-model FLOPs, the engine loop's wall time (`engine_wall_s`), "
             "device and GPU-hours come from the shard manifests (see the run reports' Compute section).\n",
-            _md(c, ".4g"),
+            _md(c.drop(columns=["ig_keys"], errors="ignore"), ".4g"),
             total + " (a point shared with an earlier sweep shows its original cost).\n",
         ]
     atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(text)))

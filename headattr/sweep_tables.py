@@ -166,6 +166,7 @@ def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -
             "wall_s": float(bench["s"].sum()),
             "cpu_s": float(bench["cpu_time"].sum()),
             "max_rss_mb": float(bench["max_rss"].max()),
+            "ig_keys": " ".join(e.get("ig", [])),
         }
         total = unit_compute([manifests[m] for m in e.get("manifests", [])]) if manifests else None
         if total is not None:
