@@ -231,8 +231,12 @@ def run_attribution(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     fingerprint: str = "",
+    stats: dict | None = None,
 ) -> tuple[dict, dict]:
-    """(arrays, meta) of the dump for ``samples`` in the given order (``fingerprint``: of the model files)."""
+    """(arrays, meta) of the dump for ``samples`` in the given order (``fingerprint``: of the model files).
+
+    ``stats`` (a dict, optional) receives ``resumed``: how many samples came from checkpoints (kept out of the
+    dump so that a resumed dump is bit-identical to a fresh one)."""
     settings.validate()
     if masks is not None:
         missing = [s.sample_id for s in samples if s.sample_id not in masks]
@@ -261,6 +265,8 @@ def run_attribution(
                 | {"sample_id": np.array(sample.sample_id), "digest": np.array(digest)},
             )
         results.append(res)
+    if stats is not None:
+        stats["resumed"] = resumed
     if ckpt is not None:
         print(f"resumed {resumed}/{len(samples)} samples from {ckpt}", file=sys.stderr)
     return stack_results(results, samples, settings, engine, meta)

@@ -259,9 +259,10 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
     from .config import input_checksums, param_hash
     from .data.sources import resolve_source
 
-    source = config["data"]["source"]
-    if source != "demo" and not source.startswith("hf:"):
-        resolve_source(str(Path(root) / source))
+    sources = [config["data"]["source"]] + [v["source"] for v in [config["validation"].get("data")] if v]
+    for source in sources:
+        if source != "demo" and not source.startswith("hf:"):
+            resolve_source(str(Path(root) / source))
     d, o = config["data"], config["objective"]
     key = param_hash(
         {

@@ -174,19 +174,47 @@ def units(config: dict) -> list[Unit]:
     return out
 
 
+def transfer_config(config: dict) -> dict | None:
+    """The config whose ``data`` is ``validation.data`` over ``data`` (max_samples = validation.n_samples), or None
+    when the held-out samples come from the attribution data (no ``validation.data``, or the same source: the
+    in-task diagonal of a transfer sweep, held-out samples after the attribution samples)."""
+    val = config["validation"]
+    if not val.get("data") or val["data"]["source"] == config["data"]["source"]:
+        return None
+    d, vd = config["data"], val["data"]
+    data = {
+        **d,
+        "source": vd["source"],
+        "split": vd.get("split", d["split"]),
+        "fields": {**d["fields"], **vd.get("fields", {})},
+        "max_samples": val["n_samples"],
+    }
+    return {**config, "data": data}
+
+
 def heldout_units(config: dict) -> list[Unit]:
-    """Per seed: the held-out samples of pruning validation (data, tokens, masks keys), or none when disabled."""
+    """Per seed: the held-out samples of pruning validation (data, tokens, masks keys), or none when disabled.
+
+    With ``validation.data`` (cross-task transfer) they are the first ``validation.n_samples`` valid samples of
+    that source, else the ``validation.n_samples`` after the attribution samples of the attribution data."""
     val = config["validation"]
     if not val["enabled"]:
         return []
     by_seed = {u.seed: u for u in units(config)}
+    other = transfer_config(config)
     out = []
     for seed, unit in by_seed.items():
-        data = unit.slices["data"]
-        tokens = {**unit.slices["tokens"], "heldout": val["n_samples"]}
+        if other is None:
+            data = unit.slices["data"]
+            tokens = {**unit.slices["tokens"], "heldout": val["n_samples"]}
+            data_key = unit.keys["data"]
+        else:
+            data = data_slice(other, seed)
+            tokens = {**unit.slices["tokens"], "data": data}
+            data_key = stage_key(f"transfer-seed{seed}", data)
         masks = {**unit.slices["masks"], "tokens": tokens}
         keys = {
-            "data": unit.keys["data"],
+            "data": data_key,
             "tokens": stage_key(f"heldout-seed{seed}", tokens),
             "masks": stage_key(f"heldout-seed{seed}", masks),
         }
@@ -248,6 +276,19 @@ def diagnostic_groups(config: dict) -> dict:
     return out
 
 
+def dispersion_groups(config: dict) -> dict:
+    """Per seed, when ``dispersion.enabled``: {key: (seed, unit)} of the attention-dispersion pass over that seed's
+    attribution samples and masks (the unit's tokens and masks keys; no attribution settings enter the key)."""
+    cfg = config.get("dispersion", {})
+    if not cfg.get("enabled"):
+        return {}
+    out = {}
+    for unit in {u.seed: u for u in units(config)}.values():
+        params = {"masks": unit.slices["masks"], "model": model_slice(config), "d": cfg}
+        out[stage_key(f"seed{unit.seed}-dispersion", params)] = (unit.seed, unit)
+    return out
+
+
 def _floor_if_set(config: dict) -> dict:
     """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
     floor = config["ig"].get("gap_floor", 0.01)
@@ -274,7 +315,8 @@ def report_key(config: dict) -> str:
             "report": config["report"] | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
         }
-        | _tasks_if_set(config),
+        | _tasks_if_set(config)
+        | ({"dispersion": sorted(dispersion_groups(config))} if dispersion_groups(config) else {}),
     )
 
 
@@ -305,6 +347,17 @@ def validate_config(config: dict, root: Path | str = ".") -> dict:
     return config
 
 
+def check_source(source: str, root: Path, key: str) -> None:
+    """A data source is 'demo', hf:NAME, a folder, or an existing file of a known type; else ConfigError on ``key``."""
+    if source != "demo" and not source.startswith("hf:") and not (root / source).is_dir():
+        from .data.sources import FILE_SUFFIXES
+
+        if not source.endswith(FILE_SUFFIXES):
+            raise ConfigError(f"{key}: {source!r} is not 'demo', 'hf:NAME' or a file ending in {FILE_SUFFIXES}")
+        if not (root / source).is_file():
+            raise ConfigError(f"{key}: file {source!r} does not exist")
+
+
 def check_config(config: dict, root: Path | str = ".") -> None:
     """Checks beyond the JSON schema, before any rule runs; each error names the key."""
     root = Path(root)
@@ -316,14 +369,10 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     model_path = config["model"]["path"]
     if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
         raise ConfigError(f"model.path: {model_path!r} does not exist")
-    source = config["data"]["source"]
-    if source != "demo" and not source.startswith("hf:") and not (root / source).is_dir():
-        from .data.sources import FILE_SUFFIXES
-
-        if not source.endswith(FILE_SUFFIXES):
-            raise ConfigError(f"data.source: {source!r} is not 'demo', 'hf:NAME' or a file ending in {FILE_SUFFIXES}")
-        if not (root / source).is_file():
-            raise ConfigError(f"data.source: file {source!r} does not exist")
+    check_source(config["data"]["source"], root, "data.source")
+    transfer = config["validation"].get("data")
+    if transfer:
+        check_source(transfer["source"], root, "validation.data.source")
     device = config["model"]["device"]
     if device.startswith("cuda"):
         import torch

@@ -24,16 +24,23 @@ It is an upper-bound style estimate meant for choosing rows per pass, not an exa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 # Sustained FLOP/s assumed per device class: ~40% of dense bf16 peak on GPUs (hooks, small matmuls, attention
-# and the backward keep real runs well below peak); fp32 for 2 CPU cores (measured ~20-60 GFLOP/s for matmuls).
+# and the backward keep real runs well below peak); for 2 CPU cores (fp32) the rate fitted with the per-call
+# overhead below by bench/calibrate_cost.py on this shared VM at load average 8-10 (two runs, 2.44e9 and
+# 2.48e9; bare matmuls on an idle machine reach ~20-60 GFLOP/s, IG jobs do not).
 DEVICE_FLOPS = {
-    "cpu-2core": 4.0e10,
+    "cpu-2core": 2.5e9,
     "a100": 0.4 * 312e12,
     "h100": 0.4 * 989e12,
     "h200": 0.4 * 989e12,
 }
+# Fixed seconds per layer execution of one model call (forward, or backward), whatever its rows: Python hooks,
+# gates and op dispatch of a transformer layer. Fitted for cpu-2core by bench/calibrate_cost.py (28 and 38 ms in
+# two runs at load average 8-10; README, Performance, gives the estimate's error); not measured on GPUs (their
+# estimate is FLOPs only).
+LAYER_CALL_SECONDS = {"cpu-2core": 0.033}
 GATED_MLP_TYPES = {"llama", "qwen2", "mistral", "llada", "dream"}
 METHODS = ("per_layer", "joint", "layered")
 
@@ -136,6 +143,76 @@ def row_flops(
     return RowCost(forward, backward)
 
 
+def attention_part(dims: ModelDims, seq_len: int) -> float:
+    """Forward FLOPs of one layer's q/k/v projections and attention for one row (what attention replay skips)."""
+    return dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden
+
+
+def backward_tail(dims: ModelDims, seq_len: int) -> float:
+    """Share of a row's lowest layer that needs a backward: its q/k/v and attention do not (nothing below them
+    requires grad: embeddings and parameters are frozen, cached hidden states are constants)."""
+    return 1.0 - attention_part(dims, seq_len) / (2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden)
+
+
+@dataclass
+class PassCounts:
+    """What an engine actually ran (see :meth:`add`): row-passes, layer-passes, forward passes and FLOPs.
+
+    ``grad_rows`` ran forward and backward, ``loss_rows`` forward only (prefix-capture rows included, as in
+    :func:`ig_cost`); ``layer_forwards`` / ``layer_backwards`` count one per row and transformer layer it ran
+    forward / backward (a gradient row backpropagates through every layer it ran, down to its lowest, whose
+    q/k/v and attention FLOPs are not counted); ``passes`` is the number of model calls (chunks),
+    ``layer_calls`` the layers those calls ran, twice for calls with a backward (the unit of per-operation
+    overhead, see :data:`LAYER_CALL_SECONDS`); FLOPs follow :func:`row_flops` for each chunk's rows, length and
+    scored positions (NaN without model dims).
+    """
+
+    grad_rows: int = 0
+    loss_rows: int = 0
+    layer_forwards: int = 0
+    layer_backwards: int = 0
+    passes: int = 0
+    layer_calls: int = 0
+    flops_forward: float = 0.0
+    flops_backward: float = 0.0
+
+    def add(
+        self,
+        dims: ModelDims | None,
+        seq_len: int,
+        rows: int,
+        layers: int,
+        n_scored: float,
+        grad: bool,
+        replayed: bool = False,
+        extra_forward: float = 0.0,
+    ) -> None:
+        """Count one model call of ``rows`` rows of ``seq_len`` tokens through ``layers`` layers, ``n_scored``
+        scored positions in all (logits computed there); ``replayed``: its first layer's attention came from the
+        prefix cache; ``extra_forward``: FLOPs on top (a capture pass's last attention)."""
+        self.passes += 1
+        self.layer_calls += layers * (2 if grad else 1)
+        self.grad_rows += rows if grad else 0
+        self.loss_rows += 0 if grad else rows
+        self.layer_forwards += rows * layers
+        self.layer_backwards += rows * layers if grad else 0
+        if dims is None:
+            self.flops_forward = self.flops_backward = float("nan")
+            return
+        back = layers - 1 + backward_tail(dims, seq_len) if layers else 0.0
+        cost = row_flops(dims, seq_len, layers, n_scored / max(rows, 1), grad, backward_layers=back)
+        skipped = attention_part(dims, seq_len) if replayed else 0.0
+        self.flops_forward += rows * (cost.forward - skipped) + extra_forward
+        self.flops_backward += rows * cost.backward
+
+    @property
+    def flops(self) -> float:
+        return self.flops_forward + self.flops_backward
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"flops": self.flops}
+
+
 def ig_cost(
     dims: ModelDims,
     seq_len: int,
@@ -151,6 +228,7 @@ def ig_cost(
     rule: str = "riemann_right",
     shared_rows: bool = True,
     attention_cache: bool = True,
+    rows_per_pass: int = 16,
 ) -> dict:
     """Row-passes and FLOPs of an IG run (see the module docstring for the model).
 
@@ -167,20 +245,21 @@ def ig_cost(
     n_layers = dims.n_layers
     s = seq_len if full_logits else scored_fraction * seq_len
     # The moving layer's q/k/v and attention need no backward when its input is cached (fraction of a layer).
-    attention_part = dims.qkv_params * 2.0 * seq_len + 4.0 * seq_len**2 * dims.hidden
-    tail = 1.0 - attention_part / (2.0 * dims.layer_params * seq_len + 4.0 * seq_len**2 * dims.hidden)
+    attention = attention_part(dims, seq_len)
+    tail = backward_tail(dims, seq_len)
     replay = bool(attention_cache and prefix_cache and method == "per_layer")
-    grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd = 0, 0, 0.0, 0.0, 0.0, 0.0
+    grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd, calls = 0, 0, 0.0, 0.0, 0.0, 0.0, 0
 
     def add(rows: int, layers: int, grad: bool, back_layers: float | None = None, replayed: bool = False):
-        nonlocal grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd
+        nonlocal grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd, calls
+        calls += -(-rows // rows_per_pass) * layers * (2 if grad else 1)
         back_layers = None if param_grads else back_layers  # parameter gradients need every layer's backward
         cost = row_flops(dims, seq_len, layers, s, grad, param_grads, back_layers)
         grad_rows += rows if grad else 0
         loss_rows += 0 if grad else rows
         layer_fwd += rows * layers
         layer_bwd += rows * ((layers if back_layers is None else back_layers) if grad else 0)
-        fwd += rows * (cost.forward - (attention_part if replayed else 0.0))
+        fwd += rows * (cost.forward - (attention if replayed else 0.0))
         bwd += rows * cost.backward
 
     at_one = int(shared_rows and rule in ("riemann_right", "trapezoid"))  # a node at t = 1
@@ -202,11 +281,16 @@ def ig_cost(
             prefix = row_flops(dims, seq_len, n_layers - 1, 0, False)
             loss_rows += n_p
             layer_fwd += n_p * (n_layers - 1)
-            fwd += n_p * (prefix.forward + (attention_part if replay else 0.0))
-    else:
-        add(n_p * (n_layers * (steps - at_one) + at_one), n_layers, True, n_layers - 1 + tail)
+            calls += -(-n_p // rows_per_pass) * (n_layers - 1)
+            fwd += n_p * (prefix.forward + (attention if replay else 0.0))
+    else:  # every path's rows run from layer 0, one group per path (as the engine chunks them)
+        for _ in range(n_layers):
+            add(n_p * (steps - at_one), n_layers, True, n_layers - 1 + tail)
+            if end_losses:
+                add(n_p * (1 - at_zero), n_layers, False)
+        add(n_p * at_one, n_layers, True, n_layers - 1 + tail)
         if end_losses:
-            add(n_p * (n_layers * (1 - at_zero) + 1 - at_one), n_layers, False)
+            add(n_p * (1 - at_one), n_layers, False)
     scale = n_samples
     return {
         "method": method,
@@ -223,15 +307,44 @@ def ig_cost(
         "flops_forward": fwd * scale,
         "flops_backward": bwd * scale,
         "flops": (fwd + bwd) * scale,
+        "layer_calls": calls * scale,
         "dims": asdict(dims),
     }
 
 
-def wall_time(flops: float, device_class: str) -> float:
-    """Seconds for ``flops`` at the sustained rate assumed for ``device_class`` (see :data:`DEVICE_FLOPS`)."""
+def device_name(device) -> str:
+    """``cuda:0 (NVIDIA H200)`` for a CUDA device, ``cpu (N threads)`` for the CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def compute_record(counts: PassCounts, wall_s: float, device, n_samples: int, resumed: int = 0) -> dict:
+    """What one attribution job ran, JSON-ready: :class:`PassCounts`, wall seconds, device, GPU-hours (CUDA only).
+
+    ``n_samples`` samples in the job, ``resumed`` of them read from checkpoints (their passes are not counted:
+    the counts and the wall time are this process's)."""
+    import torch
+
+    on_gpu = torch.device(device).type == "cuda"
+    return counts.as_dict() | {
+        "n_samples": int(n_samples),
+        "computed_samples": int(n_samples - resumed),
+        "wall_s": round(float(wall_s), 3),
+        "device": device_name(device),
+        "gpu_hours": float(wall_s) / 3600.0 if on_gpu else None,
+    }
+
+
+def wall_time(flops: float, device_class: str, layer_calls: float = 0.0) -> float:
+    """Seconds for ``flops`` at the sustained rate of ``device_class`` (:data:`DEVICE_FLOPS`) plus the fixed
+    per-operation overhead of ``layer_calls`` layer executions (:data:`LAYER_CALL_SECONDS`)."""
     if device_class not in DEVICE_FLOPS:
         raise ValueError(f"device class {device_class!r} is not one of {sorted(DEVICE_FLOPS)}")
-    return flops / DEVICE_FLOPS[device_class]
+    return flops / DEVICE_FLOPS[device_class] + layer_calls * LAYER_CALL_SECONDS.get(device_class, 0.0)
 
 
 def estimate(
@@ -244,14 +357,17 @@ def estimate(
     prefix_cache: bool = True,
     device_class: str | None = None,
     rule: str = "riemann_right",
+    rows_per_pass: int = 16,
+    scored_fraction: float = 0.5,
 ) -> dict:
     """:func:`ig_cost` plus the uncached cost, the speed-up and expected seconds on every (or one) device class."""
-    est = ig_cost(dims, seq_len, n_samples, n_p, steps, method, prefix_cache, rule=rule)
-    base = ig_cost(dims, seq_len, n_samples, n_p, steps, method, False, rule=rule)
+    kw = {"rule": rule, "rows_per_pass": rows_per_pass, "scored_fraction": scored_fraction}
+    est = ig_cost(dims, seq_len, n_samples, n_p, steps, method, prefix_cache, **kw)
+    base = ig_cost(dims, seq_len, n_samples, n_p, steps, method, False, **kw)
     est["flops_uncached"] = base["flops"]
     est["speedup_vs_uncached"] = base["flops"] / est["flops"]
     classes = [device_class] if device_class else list(DEVICE_FLOPS)
-    est["seconds"] = {c: wall_time(est["flops"], c) for c in classes}
+    est["seconds"] = {c: wall_time(est["flops"], c, est["layer_calls"]) for c in classes}
     return est
 
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .cost import choose_rows, dims_from_model, row_bytes
+from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
 from .errors import NonFiniteError
 from .models.adapters import Adapter
 from .models.gates import HeadGates
@@ -74,6 +74,10 @@ class GateEngine:
             :func:`default_memory_budget`.
         attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
             the adapter allows (see :mod:`headattr.prefix`). Default: True.
+
+    Attributes:
+        counts (:class:`headattr.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
+            cost-model FLOPs of everything this engine ran (the attribute stage records them per shard).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class GateEngine:
         except ValueError:
             self._dims = None
         self._gates = HeadGates(adapter)
+        self.counts = PassCounts()  # what this engine ran (see :class:`headattr.cost.PassCounts`)
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._selected = False
         self._head_handle = (
@@ -201,6 +206,7 @@ class GateEngine:
             for lo in range(0, rows.numel(), chunk):
                 idx = rows[lo : lo + chunk]
                 loss, g, acc = self._chunk(scored, row_p[idx], gates[idx], grad, layer, accuracy)
+                self._count(scored, row_p[idx], layer, grad)
                 bad = ~torch.isfinite(loss)
                 if g is not None:
                     bad |= ~torch.isfinite(g).flatten(1).all(dim=1)
@@ -214,6 +220,13 @@ class GateEngine:
                 if g is not None:
                     grads[idx] = g
         return losses, grads, (accs if accuracy else None)
+
+    def _count(self, scored: ScoredInput, row_p: torch.Tensor, layer: int, grad: bool) -> None:
+        """Add one model call of rows ``row_p`` starting at ``layer`` to :attr:`counts`."""
+        seq_len = scored.input_ids.shape[1]
+        n_scored = sum(scored.targets[i].numel() for i in row_p.tolist()) if self._head_handle else len(row_p) * seq_len
+        replayed = layer > 0 and self._prefix is not None and layer in self._prefix.attention
+        self.counts.add(self._dims, seq_len, len(row_p), self.adapter.n_layers - layer, n_scored, grad, replayed)
 
     def _start_layers(self, gates: torch.Tensor, from_layer) -> torch.Tensor:
         """First layer each row runs: ``from_layer`` when prefix caching is on (checked against the gates), else 0."""
@@ -248,6 +261,10 @@ class GateEngine:
                 part, replays = self._stack.capture(
                     lambda inputs=inputs: self.model(**inputs), wanted, wanted if self.attention_cache else ()
                 )
+            rows, last = ids[lo : lo + chunk].shape[0], max(wanted)
+            replays_last = self.attention_cache and self._stack.sites[last] is not None and self._dims is not None
+            extra = rows * attention_part(self._dims, ids.shape[1]) if replays_last else 0.0
+            self.counts.add(self._dims, ids.shape[1], rows, last, 0, False, extra_forward=extra)
             for x, hidden in part.items():
                 cache[x].append(hidden)
             for x, form_z in replays.items():

@@ -10,6 +10,7 @@ import pandas as pd
 import yaml
 
 from .aggregate import importance_label, score_matrix
+from .compute import compute_table, total_line
 from .dumps import atomic_write, load_npz, read_meta
 from .methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from .plots import (
@@ -351,6 +352,26 @@ def _completeness_rows(summaries: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def transfer_note(config: dict) -> str:
+    """'scores from A, pruning judged on B' when validation.data names another source; else empty."""
+    other = (config.get("validation") or {}).get("data")
+    if not other or other["source"] == config["data"]["source"]:
+        return ""
+    return f"Scores from `{config['data']['source']}`, pruning judged on `{other['source']}` (`validation.data`)."
+
+
+def dispersion_table(units: list[dict], heads_csvs, dispersion: dict) -> pd.DataFrame:
+    """Per unit whose seed has a dispersion table: Spearman of its importance with each dispersion metric."""
+    from .attention import METRICS, importance_correlation
+
+    rows = []
+    for unit, heads_csv in zip(units, heads_csvs, strict=True):
+        if unit["seed"] in dispersion:
+            rho = importance_correlation(pd.read_csv(heads_csv), pd.read_csv(dispersion[unit["seed"]]))
+            rows.append({"method": unit["method"], "seed": unit["seed"], **rho})
+    return pd.DataFrame(rows, columns=["method", "seed", *METRICS])
+
+
 def render(context: dict, template=TEMPLATE) -> str:
     """report.md from the Jinja2 template and its context (undefined names fail loudly)."""
     import jinja2
@@ -378,10 +399,12 @@ def build_report(
     validation_seeds: list[int] = (),
     token_sets: list[dict] = (),
     template=TEMPLATE,
+    dispersion: dict | None = None,
 ) -> dict:
     """Write report.md, summary.json and figures for every unit, seed pair, method group and validation.
 
-    ``token_sets``: {seed, role ("attribution" / "held-out"), asked, path (tokens.npz)} for the data section.
+    ``token_sets``: {seed, role ("attribution" / "held-out"), asked, path (tokens.npz)} for the data section;
+    ``dispersion``: {seed: heads.csv of the attention-dispersion pass} (empty: the pass is off).
     """
     from .diagnostics import read_tables
 
@@ -428,6 +451,8 @@ def build_report(
             }
         )
     data_table, data_notes = data_section(list(token_sets))
+    compute = compute_table(units)
+    disp = dispersion_table(units, inputs.heads, dispersion or {})
     heldout = {ts["seed"]: ts for ts in token_sets if ts["role"] == "held-out"}
     val_ctx, val_heads = [], []
     for seed, curves_csv, summary_csv in zip(
@@ -499,6 +524,9 @@ def build_report(
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
         **({"task_validation": task_head} if task_head else {}),
+        "compute": compute.astype(object).where(compute.notna(), None).to_dict("records"),
+        "dispersion_spearman": disp.to_dict("records"),
+        "transfer": transfer_note(config) or None,
     }
     context = {
         "run": config["run"],
@@ -510,6 +538,10 @@ def build_report(
         "gap_threshold": threshold,
         "steps_note": steps_note,
         "completeness_table": _md_table(_completeness_rows(summaries)),
+        "compute_table": _md_table(compute.fillna("-"), ".3g") if len(compute) else "",
+        "compute_total": total_line(compute),
+        "dispersion_table": _md_table(disp, ".3f") if len(disp) else "",
+        "transfer_note": transfer_note(config),
         "completeness_flags": flags,
         "capped": capped,
         "top_k": top_k,

@@ -219,9 +219,15 @@ def attribute(
             run_settings.steps,
             "per_layer" if run_settings.method == "per_layer" else "joint",
             rule=run_settings.rule,
+            rows_per_pass=engine_cfg.get("rows_per_pass") or 16,
         )
         print(format_estimate(est), flush=True)
+    import time
+
+    from .cost import compute_record
+
     engine = engine_for(adapter, model_cfg, engine_cfg)
+    started, stats = time.perf_counter(), {}
     arrays, full_meta = run_attribution(
         engine,
         samples,
@@ -230,13 +236,16 @@ def attribute(
         {**(meta or {}), "shard": shard},
         checkpoint_dir=checkpoint_dir,
         fingerprint=str(((meta or {}).get("params") or {}).get("model", {}).get("files_sha256") or ""),
+        stats=stats,
     )
+    wall = time.perf_counter() - started
     save_npz(out, arrays, full_meta)
     return {
         "n_samples": len(samples),
         "n_layers": adapter.n_layers,
         "n_heads": adapter.n_heads,
         "family": adapter.family,
+        "compute": compute_record(engine.counts, wall, engine.device, len(samples), stats.get("resumed", 0)),
     }
 
 
@@ -266,6 +275,40 @@ def aggregate_dump(dump_path, heads_out, completeness_out, exports=None, postpro
     return {"gap_abs_max": float(comp["gap"].abs().max()), "gap_rel_max": float(comp["rel_gap"].max())}
 
 
+def scored_inputs(samples, masks: dict, objective: dict, adapter) -> list:
+    """The scored inputs (one row per mask probability and draw) of ``samples`` under the ``objective`` config."""
+    from .objective.loss import build_scored_input
+
+    probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
+    return [
+        build_scored_input(
+            s,
+            None if objective["kind"] == "causal" else masks[s.sample_id],
+            probs,
+            objective["kind"],
+            objective["weighting"],
+            adapter.mask_token_id,
+            adapter.shift_logits,
+            objective.get("mask_samples", 1) if objective["kind"] == "diffusion" else 1,
+        )
+        for s in samples
+    ]
+
+
+def attention_dispersion(tokens_path, masks_path, model_cfg: dict, objective: dict, cfg: dict, out) -> dict:
+    """Per-head attention dispersion over the attribution samples and masks (eager attention for this pass only),
+    written as a head table (see :mod:`headattr.attention`)."""
+    from .attention import head_dispersion
+
+    samples = unpack_samples(load_npz(tokens_path))
+    masks = unpack_masks(load_npz(masks_path))
+    _, _, adapter = load_adapter({**model_cfg, "attn_implementation": "eager"})
+    scored = scored_inputs(samples, masks, objective, adapter)
+    table = head_dispersion(adapter, scored, cfg["block_size"], cfg["topk_frac"])
+    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+    return {"n_samples": len(samples), "n_heads": len(table)}
+
+
 def validate_pruning(
     dump_paths: dict,
     tokens_path,
@@ -283,7 +326,6 @@ def validate_pruning(
     samples, see :func:`headattr.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
     from .aggregate import attributed_layers, importance_matrix
     from .exports import load_importance_file
-    from .objective.loss import build_scored_input
     from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
 
     # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
@@ -296,20 +338,7 @@ def validate_pruning(
     for name, file in (importance_files or {}).items():
         key = f"compare.importance_files.{name}"
         rankings[name] = -load_importance_file(file, adapter.n_layers, adapter.n_heads, key)
-    probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
-    scored = [
-        build_scored_input(
-            s,
-            None if objective["kind"] == "causal" else masks[s.sample_id],
-            probs,
-            objective["kind"],
-            objective["weighting"],
-            adapter.mask_token_id,
-            adapter.shift_logits,
-            objective.get("mask_samples", 1) if objective["kind"] == "diffusion" else 1,
-        )
-        for s in samples
-    ]
+    scored = scored_inputs(samples, masks, objective, adapter)
     engine = engine_for(adapter, model_cfg, engine_cfg)
     seeds = list(range(cfg["random_orders"]))
     candidates = [layer * adapter.n_heads + h for layer in layers for h in range(adapter.n_heads)]

@@ -133,19 +133,23 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     """What the comparison of the points needs, JSON-ready, and its artifact key.
 
     ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
-    seeds, its attribution benchmark files (under the benchmarks folder), its postprocess; ``validation``:
-    (point, pruning-validation key) pairs; ``reference``: the reference point's name; ``axes``: {name: {key,
-    values (labels), numeric, order}}.
+    seeds, its attribution benchmark files (under the benchmarks folder) and shard manifests (under the ig
+    folder), its postprocess, the data sources of its scores and of its pruning validation (``scores_from``,
+    ``judged_on``); ``validation``: (point, pruning-validation key) pairs; ``reference``: the reference point's
+    name; ``axes``: {name: {key, values (labels), numeric, order}}.
     """
     from .config import stage_key, units, validation_groups
 
     entities = []
     for point in points:
         methods = point.config["ig"]["methods"]
-        by_method, benchmarks = {}, {}
+        by_method, benchmarks, manifests = {}, {}, {}
         for unit in units(point.config):
             by_method.setdefault(unit.method, []).append(unit.keys["ig"])
             benchmarks.setdefault(unit.method, []).extend(f"attribute/{unit.keys['ig']}/{s}.tsv" for s in unit.shards)
+            manifests.setdefault(unit.method, []).extend(
+                f"{unit.keys['ig']}/shards/{s}.manifest.json" for s in unit.shards
+            )
         for method in methods:
             entities.append(
                 {
@@ -155,7 +159,10 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "values": {n: value_label(v) for n, v in point.values.items()},
                     "ig": by_method[method],
                     "benchmarks": benchmarks[method],
+                    "manifests": manifests[method],
                     "postprocess": point.config["report"]["postprocess"],
+                    "scores_from": point.config["data"]["source"],
+                    "judged_on": (point.config["validation"].get("data") or point.config["data"])["source"],
                 }
             )
     validation = [{"point": p.name, "key": k} for p in points for k in validation_groups(p.config)]

@@ -40,6 +40,20 @@ def sensitivity_plot(df: pd.DataFrame, axis: str, path) -> Path:
     return plots._save(fig, path)
 
 
+def transfer_markdown(transfer: pd.DataFrame) -> list[str]:
+    """The transfer matrices (one per method and mode) of the ``transfer`` table; none when it is empty."""
+    if transfer.empty:
+        return []
+    text = ["## Cross-task transfer (held-out AOPC - random, most important first)\n"]
+    for (method, mode), rows in transfer.groupby(["method", "mode"], sort=False):
+        matrix = rows.pivot_table(index="scores_from", columns="judged_on", values="aopc_vs_random", sort=False)
+        text += [
+            f"{method}, {mode}: rows = scores from, columns = pruning judged on\n",
+            _md(matrix.reset_index().rename(columns={"scores_from": "scores from"})),
+        ]
+    return text
+
+
 def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None:
     labels = [e["label"] for e in plan["entities"]]
     figures = Path(figures_dir)
@@ -58,7 +72,8 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         f"# Sweep `{plan['key']}`\n",
         f"{len(labels)} points ({plan['mode']}), reference `{plan['reference']}`. Agreement of the mean rankings "
         f"(importance after each point's `report.postprocess`); intervals: BCa bootstrap over samples, "
-        f"{s['n_boot']} resamples (scipy.stats.bootstrap), in `pairs.csv` and `sensitivity.csv`.\n",
+        f"{s['n_boot']} resamples (scipy.stats.bootstrap), or where BCa would exclude the estimate the normal "
+        "interval on Fisher's z (`ci_method`), in `pairs.csv` and `sensitivity.csv`.\n",
         "## Axes\n",
         _md(axes),
         "## Stability matrix (global Spearman)\n",
@@ -72,12 +87,21 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         "## Held-out pruning AOPC per point\n",
         _md(tables["aopc"]),
     ]
+    text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]
+        once = c.drop_duplicates("ig_keys") if "ig_keys" in c else c  # points sharing an attribution count once
+        total = f"Total attribution: {once['wall_s'].sum():.1f} s wall, {once['cpu_s'].sum():.1f} s CPU"
+        if "flops" in once:
+            gpu = once["gpu_hours"].dropna() if "gpu_hours" in once else []
+            total += f", {once['flops'].sum():.3g} FLOPs (cost model)"
+            total += f", {gpu.sum():.4g} GPU-hours" if len(gpu) else ""
+        total += f" over {len(once)} distinct attributions"
         text += [
-            "## Compute per point (attribution jobs, Snakemake benchmarks)\n",
-            _md(c, ".1f"),
-            f"Total attribution: {c['wall_s'].sum():.1f} s wall, {c['cpu_s'].sum():.1f} s CPU "
-            "(a point shared with an earlier sweep shows its original cost).\n",
+            "## Compute per point (attribution jobs: Snakemake benchmarks and engine counts)\n",
+            "Passes per computed example (`/ex`), cost-model FLOPs, the engine loop's wall time (`engine_wall_s`), "
+            "device and GPU-hours come from the shard manifests (see the run reports' Compute section).\n",
+            _md(c.drop(columns=["ig_keys"], errors="ignore"), ".4g"),
+            total + " (a point shared with an earlier sweep shows its original cost).\n",
         ]
     atomic_write(report_md, lambda tmp: Path(tmp).write_text("\n".join(text)))

@@ -2,14 +2,19 @@
 
 - ``points``: one row per entity (point, method): axis values, seeds' ig keys, samples.
 - ``pairs``: agreement of every pair of entities (global and per layer; Spearman, Pearson, top-K overlap), with
-  BCa bootstrap intervals over samples (paired when both saw the same samples).
+  bootstrap intervals over samples (paired when both saw the same samples): BCa, or where BCa would exclude the
+  estimate the normal interval on Fisher's z (``ci_method``).
 - ``sensitivity``: per axis and value, the global agreement with the reference point (other axes at the
   reference's values in grid mode).
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
+- ``transfer``: with ``validation.data`` on some point, AOPC minus random (most important first) per method, mode,
+  source of the scores and source pruning was judged on (a sweep over ``data.source`` x ``validation.data``
+  fills the transfer matrix).
 - ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
-  over seeds and shards, peak resident memory).
+  over seeds and shards, peak resident memory) and from the shard manifests (row- and layer-passes per example,
+  cost-model FLOPs, the engine loop's wall seconds, device, GPU-hours; see :mod:`headattr.compute`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import per_sample_importance
+from .compute import COLUMNS, per_example, unit_compute
 from .dumps import load_dump
 from .stats.stability import converged_at, pair_stability
 
@@ -109,7 +115,8 @@ def convergence_table(plan: dict, compare: Comparer, tolerance: float) -> pd.Dat
                 }
                 for v, e, r in zip(values, line, rho, strict=True)
             ]
-    return pd.DataFrame(rows)
+    columns = ["axis", "method", "axis_value", "label", "spearman_vs_largest", "tolerance", "converged_at"]
+    return pd.DataFrame(rows, columns=columns)  # no numeric axis: a header-only CSV, not an empty file
 
 
 def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
@@ -128,26 +135,53 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
-def compute_table(plan: dict, benchmarks: dict) -> pd.DataFrame:
-    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}."""
+def transfer_table(plan: dict, aopc: pd.DataFrame) -> pd.DataFrame:
+    """Cross-task transfer: held-out AOPC minus random (most important first) per method and mode, with the
+    source the scores came from and the source pruning was judged on (mean over the points of each pair).
+    Empty unless some point judges its scores on another source (``validation.data``)."""
+    columns = ["method", "mode", "scores_from", "judged_on", "aopc_vs_random", "n_points"]
+    sources = pd.DataFrame(
+        [{"point": e["point"], "method": e["method"], **{k: e.get(k) for k in columns[2:4]}} for e in plan["entities"]]
+    )
+    if aopc.empty or not (sources["scores_from"] != sources["judged_on"]).any():
+        return pd.DataFrame(columns=columns)
+    df = aopc[aopc["order"] == "most_first"].merge(sources, on=["point", "method"])
+    return (
+        df.groupby(columns[:4], sort=False)
+        .agg(aopc_vs_random=("aopc_vs_random", "mean"), n_points=("point", "nunique"))
+        .reset_index()
+    )
+
+
+def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -> pd.DataFrame:
+    """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}; with
+    ``manifests`` {name: path} also the engine's counts per example, FLOPs, device and GPU-hours
+    (see :mod:`headattr.compute`)."""
     rows = []
     for e in plan["entities"]:
         bench = pd.concat([pd.read_csv(benchmarks[b], sep="\t") for b in e["benchmarks"]])
-        rows.append(
-            {
-                "label": e["label"],
-                "attribute_jobs": len(bench),
-                "wall_s": float(bench["s"].sum()),
-                "cpu_s": float(bench["cpu_time"].sum()),
-                "max_rss_mb": float(bench["max_rss"].max()),
-            }
-        )
+        row = {
+            "label": e["label"],
+            "attribute_jobs": len(bench),
+            "wall_s": float(bench["s"].sum()),
+            "cpu_s": float(bench["cpu_time"].sum()),
+            "max_rss_mb": float(bench["max_rss"].max()),
+            "ig_keys": " ".join(e.get("ig", [])),
+        }
+        total = unit_compute([manifests[m] for m in e.get("manifests", [])]) if manifests else None
+        if total is not None:
+            counted = per_example(total)
+            row |= {k: counted[k] for k in COLUMNS if k != "wall_s"} | {"engine_wall_s": counted["wall_s"]}
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None) -> dict:
+def sweep_tables(
+    plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None, manifests: dict | None = None
+) -> dict:
     """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
-    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table)."""
+    ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table),
+    ``manifests`` {entity manifest name: path} of their shards (engine counts in the compute table)."""
     compare = Comparer(plan, dumps)
     labels = compare.labels
     pairs = []
@@ -161,14 +195,16 @@ def sweep_tables(plan: dict, dumps: dict, summaries: dict, benchmarks: dict | No
             for e in plan["entities"]
         ]
     )
-    columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high"]
+    columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high", "ci_method"]
+    aopc = aopc_table(plan, summaries)
     return {
         "points": points,
         "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),
         "sensitivity": sensitivity_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
-        "aopc": aopc_table(plan, summaries),
-    } | ({"compute": compute_table(plan, benchmarks)} if benchmarks is not None else {})
+        "aopc": aopc,
+        "transfer": transfer_table(plan, aopc),
+    } | ({"compute": compute_table(plan, benchmarks, manifests)} if benchmarks is not None else {})
 
 
 def stability_matrix(pairs: pd.DataFrame, labels: list[str], metric: str = "spearman") -> np.ndarray:

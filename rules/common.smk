@@ -7,6 +7,7 @@ from headattr.checks import check_inputs
 from headattr.workflow import is_weight_file
 from headattr.config import (
     diagnostic_groups,
+    dispersion_groups,
     heldout_units,
     heldout_validation,
     report_key,
@@ -103,8 +104,9 @@ def tokenizer_inputs():
     return [p for p in model_inputs() if not is_weight_file(Path(p))]
 
 
-def data_inputs():
-    source = config["data"]["source"]
+def data_inputs(wildcards):
+    """Files of the data source this data artifact reads (the attribution or the validation.data source)."""
+    source = unit_for("data", wildcards.key).slices["data"]["source"]
     if source == "demo":
         return ["resources/demo/corpus.jsonl.gz"]
     return [] if source.startswith("hf:") else [source]

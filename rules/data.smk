@@ -1,6 +1,6 @@
 rule sample_data:
     input:
-        data_inputs(),
+        data_inputs,
     output:
         records=f"{RESULTS}/data/{{key}}/records.jsonl",
         manifest=f"{RESULTS}/data/{{key}}/manifest.json",

@@ -30,6 +30,10 @@ rule report:
             ]
             for u in UNITS
         ],
+        manifests=[
+            [path("ig", u.keys["ig"], f"shards/{s}.manifest.json") for s in u.shards]
+            for u in UNITS
+        ],
         unit_diag=[f"{RESULTS}/diagnostics/unit/{k}" for k in DIAG["unit"]],
         seed_diag=[f"{RESULTS}/diagnostics/seeds/{k}" for k in DIAG["seeds"]],
         method_diag=[f"{RESULTS}/diagnostics/methods/{k}" for k in DIAG["methods"]],
@@ -46,6 +50,7 @@ rule report:
             if TASK_PLAN["points"]
             else []
         ),
+        dispersion=[f"{RESULTS}/dispersion/{k}/heads.csv" for k in DISPERSION],
         template=f"{workflow.basedir}/report/report.md.j2",
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",
@@ -74,6 +79,10 @@ rule report:
                     f"{RESULTS}/benchmarks/attribute/{u.keys['ig']}/{s}.tsv"
                     for s in u.shards
                 ],
+                "manifests": [
+                    path("ig", u.keys["ig"], f"shards/{s}.manifest.json")
+                    for s in u.shards
+                ],
             }
             for u in UNITS
         ],
@@ -84,6 +93,7 @@ rule report:
         method_groups=[{"seed": s} for s, _ in DIAG["methods"].values()],
         validation_seeds=[seed for seed, _, _ in VALIDATION.values()],
         token_sets=TOKEN_SETS,
+        dispersion_seeds=[seed for seed, _ in DISPERSION.values()],
         config=config,
     script:
         "../scripts/report.py"

@@ -8,6 +8,11 @@ SWEEP_BENCHMARKS = (
     if SWEEP
     else []
 )
+SWEEP_MANIFESTS = (
+    list(dict.fromkeys(m for e in SWEEP["entities"] for m in e["manifests"]))
+    if SWEEP
+    else []
+)
 
 
 rule sweep_stability:
@@ -15,6 +20,7 @@ rule sweep_stability:
         dumps=[path("ig", k, "dump.npz") for k in SWEEP_IG],
         summaries=[path("validation", k, "summary.csv") for k in SWEEP_VALIDATION],
         benchmarks=[f"{RESULTS}/benchmarks/{b}" for b in SWEEP_BENCHMARKS],
+        manifests=[f"{RESULTS}/ig/{m}" for m in SWEEP_MANIFESTS],
     output:
         tables=directory(f"{RESULTS}/sweeps/{{key}}/tables"),
     log:
@@ -28,6 +34,7 @@ rule sweep_stability:
         ig_keys=SWEEP_IG,
         validation_keys=SWEEP_VALIDATION,
         benchmarks=SWEEP_BENCHMARKS,
+        manifests=SWEEP_MANIFESTS,
     script:
         "../scripts/sweep_stability.py"
 

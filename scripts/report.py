@@ -19,4 +19,5 @@ build_report(
     sm.params.validation_seeds,
     sm.params.token_sets,
     sm.input.template,
+    dispersion=dict(zip(sm.params.dispersion_seeds, sm.input.dispersion, strict=True)),
 )

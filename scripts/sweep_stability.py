@@ -11,5 +11,7 @@ sm = snakemake  # noqa: F821
 dumps = dict(zip(sm.params.ig_keys, sm.input.dumps, strict=True))
 summaries = dict(zip(sm.params.validation_keys, sm.input.summaries, strict=True))
 benchmarks = dict(zip(sm.params.benchmarks, sm.input.benchmarks, strict=True))
-for path in write_tables(sweep_tables(sm.params.plan, dumps, summaries, benchmarks), sm.output.tables):
+manifests = dict(zip(sm.params.manifests, sm.input.manifests, strict=True))
+tables = sweep_tables(sm.params.plan, dumps, summaries, benchmarks, manifests)
+for path in write_tables(tables, sm.output.tables):
     print(f"wrote {path}")

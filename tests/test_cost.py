@@ -1,5 +1,6 @@
 """Cost estimator arithmetic on a hand-computed config, the rows-per-pass chooser, and the estimate CLI."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_bert
@@ -153,3 +154,82 @@ def test_estimated_rows_are_the_rows_ig_runs(rule, method):
     assert est["grad_rows"] == engine.grad_rows
     assert est["loss_rows"] == engine.loss_rows + prefix_rows
     assert est["layer_forwards"] == engine.layer_rows + prefix_rows * (n_layers - 1)
+
+
+def _engine_run(method, rule, steps, probs, prefix_cache=True, rows_per_pass=5):
+    from helpers import random_ids
+
+    from headattr.data.samples import Sample
+    from headattr.engine import GateEngine
+    from headattr.models.adapters import Adapter
+    from headattr.objective.loss import build_scored_input
+    from headattr.objective.masking import draw_masks
+
+    model = tiny_bert()
+    adapter = Adapter(model)
+    engine = GateEngine(adapter, rows_per_pass=rows_per_pass, prefix_cache=prefix_cache)
+    sample = Sample("s0", random_ids(18, 0), 3, 17, "x")
+    masks = draw_masks([sample], probs, "bernoulli", 7, adapter.shift_logits)["s0"]
+    scored = build_scored_input(sample, masks, probs, "diffusion", "mean", 4, adapter.shift_logits)
+    integrated_gradients(engine, scored, make_paths(method, adapter.n_layers, adapter.n_heads), rule, steps)
+    return engine, scored, model
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_engine_counts_per_layer_equal_the_formulas(prefix_cache):
+    probs, steps = [0.3, 0.5, 0.9], 4
+    engine, scored, model = _engine_run("per_layer", "riemann_right", steps, probs, prefix_cache)
+    n_p, n_layers, t = len(probs), 3, scored.input_ids.shape[1]
+    c = engine.counts
+    if prefix_cache:
+        # per layer l: K - 1 gradient rows and one baseline row per p through layers l..L-1; one shared "all on"
+        # gradient row per p at t = 1 through all L layers; one capture row per p through L - 1 layers
+        assert c.grad_rows == n_p * (n_layers * (steps - 1) + 1) == 30
+        assert c.loss_rows == n_p * (n_layers + 1) == 12
+        assert c.layer_forwards == n_p * (steps * n_layers * (n_layers + 1) // 2 + n_layers + n_layers - 1) == 87
+        assert c.layer_backwards == n_p * ((steps - 1) * n_layers * (n_layers + 1) // 2 + n_layers) == 63
+    else:
+        assert (c.grad_rows, c.loss_rows) == (30, 9)
+        assert c.layer_forwards == (30 + 9) * n_layers and c.layer_backwards == 30 * n_layers
+    mean_scored = float(np.mean(scored.n_scored))
+    dims = ModelDims.from_config(model.config)
+    est = ig_cost(dims, t, 1, n_p, steps, "per_layer", prefix_cache, mean_scored / t, rows_per_pass=5)
+    assert (est["grad_rows"], est["loss_rows"], est["layer_forwards"]) == (c.grad_rows, c.loss_rows, c.layer_forwards)
+    if prefix_cache:  # chunks of 5, layers l..2 for l = 0, 1, 2 (3 + 2 + 1 = 6): per l 9 gradient rows (2 chunks,
+        # forward and backward) and 3 baseline rows (1 chunk); 3 all-on gradient rows (3 layers); capture (2 layers)
+        assert c.layer_calls == 2 * 2 * 6 + 6 + 2 * 3 + 2 == 38
+    assert est["layer_calls"] == c.layer_calls
+    assert c.flops_forward == pytest.approx(est["flops_forward"]) and c.flops == pytest.approx(est["flops"])
+
+
+def test_engine_counts_joint_and_passes():
+    probs, steps = [0.5, 0.9], 3
+    engine, scored, model = _engine_run("joint", "trapezoid", steps, probs, rows_per_pass=4)
+    c = engine.counts
+    # trapezoid K = 3 has nodes 0, 1/2, 1: K gradient rows per p give L(start) and L(all on); no extra loss rows
+    assert (c.grad_rows, c.loss_rows, c.layer_forwards, c.layer_backwards) == (6, 0, 18, 18)
+    assert c.passes == 2  # 6 rows in chunks of 4
+    est = ig_cost(
+        ModelDims.from_config(model.config),
+        scored.input_ids.shape[1],
+        1,
+        2,
+        steps,
+        "joint",
+        rule="trapezoid",
+        scored_fraction=float(np.mean(scored.n_scored)) / scored.input_ids.shape[1],
+        rows_per_pass=4,
+    )
+    assert c.flops == pytest.approx(est["flops"]) and est["layer_calls"] == c.layer_calls == 2 * 3 * 2
+
+
+def test_cpu_estimate_adds_the_per_layer_call_overhead():
+    from headattr.cost import DEVICE_FLOPS, LAYER_CALL_SECONDS
+
+    est = estimate(DIMS, T, 3, 1, 2, "per_layer", device_class="cpu-2core", rows_per_pass=16)
+    # per sample (K = 2, riemann_right, cached): layer 0's path row (2 layers, forward and backward) 4 + its
+    # baseline row 2; layer 1's path row 2 + baseline 1; the all-on row 4; the capture pass 1 = 14 layer calls
+    assert est["layer_calls"] == 3 * 14
+    want = est["flops"] / DEVICE_FLOPS["cpu-2core"] + 42 * LAYER_CALL_SECONDS["cpu-2core"]
+    assert est["seconds"]["cpu-2core"] == pytest.approx(want) and LAYER_CALL_SECONDS["cpu-2core"] > 0
+    assert wall_time(est["flops"], "h100", est["layer_calls"]) == pytest.approx(est["flops"] / DEVICE_FLOPS["h100"])

@@ -133,10 +133,13 @@ def test_checkpoint_resume_skips_finished_samples(model_dir, data_file, tmp_path
     masks = draw_masks(samples, [0.5], "bernoulli", 0)
     engine = GateEngine(adapter)
     full, _ = run_attribution(engine, samples, masks, settings, checkpoint_dir=tmp_path / "ck", progress=False)
-    calls = []
+    calls, counted, stats = [], engine.counts.as_dict(), {}
     engine.gradients = lambda *a, **k: calls.append(1)
-    again, _ = run_attribution(engine, samples, masks, settings, checkpoint_dir=tmp_path / "ck", progress=False)
+    again, _ = run_attribution(
+        engine, samples, masks, settings, checkpoint_dir=tmp_path / "ck", progress=False, stats=stats
+    )
     assert not calls and all(np.array_equal(full[k], again[k]) for k in full)
+    assert stats == {"resumed": len(samples)} and engine.counts.as_dict() == counted  # nothing ran, nothing counted
 
 
 def test_cli_runs_one_attribution(model_dir, data_file, tmp_path, capsys):

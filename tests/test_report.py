@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from headattr import diagnostics
 from headattr.aggregate import aggregate, completeness_table
+from headattr.cost import PassCounts, compute_record
 from headattr.dumps import save_npz
 from headattr.report import TEMPLATE, build_report, completeness_digest, data_section
 
@@ -156,6 +158,9 @@ def built(tmp_path_factory):
     ]
     units = [{"seed": s, "method": "per_layer", "key": f"u{s}"} for s in (1, 2)]
     task_csvs(root)
+    record = compute_record(PassCounts(grad_rows=30, loss_rows=12, layer_forwards=87), 4.0, "cpu", 6, resumed=1)
+    (root / "shard.manifest.json").write_text(json.dumps({"result": {"compute": record}}))
+    units[0]["manifests"] = [root / "shard.manifest.json"]  # unit 2 predates compute accounting
     inputs = SimpleNamespace(
         heads=[root / f"ig/u{s}/heads.csv" for s in (1, 2)],
         completeness=[root / f"ig/u{s}/completeness.csv" for s in (1, 2)],
@@ -174,6 +179,14 @@ def built(tmp_path_factory):
         "ig": {"steps": 8, "rule": "riemann_right", "tol": None},
         "report": {"gap_threshold": 0.01},
     }
+    heads = pd.read_csv(root / "ig/u1/heads.csv")  # dispersion planted on seed 1: entropy ranks as importance,
+    disp = heads[["layer", "head"]].assign(  # topk_mass in reverse, the other two by layer alone
+        entropy=heads["importance"] * 2 + 1,
+        entropy_norm=heads["layer"],
+        effective_blocks=heads["layer"] ** 2,
+        topk_mass=-heads["importance"],
+    )
+    disp.to_csv(root / "dispersion.csv", index=False)
     summary = build_report(
         units,
         inputs,
@@ -185,6 +198,7 @@ def built(tmp_path_factory):
         method_groups=[{"seed": 1}],
         validation_seeds=[1],
         token_sets=token_sets,
+        dispersion={1: root / "dispersion.csv"},
     )
     return root, (root / "report.md").read_text(), summary, a
 
@@ -199,6 +213,25 @@ def test_headings_are_the_templates_once_each_in_order(built):
     report_heads = [line for line in report.splitlines() if re.match(r"^#{2} \w", line)]
     assert report_heads == template_heads
     json.loads((built[0] / "summary.json").read_text())
+
+
+def test_compute_table_is_in_the_report(built):
+    _, report, summary, _ = built
+    section = report.split("## Compute")[1].split("## ")[0]
+    assert "| per_layer | 1 | 5/6 | 6 | 2.4 | 17.4 |" in section  # 30, 12 and 87 over 5 computed samples
+    assert "Total: 0 FLOPs (cost model), 4.0 s wall." in section
+    assert [(r["method"], r["seed"], r["gpu_hours"]) for r in summary["compute"]] == [("per_layer", 1, None)]
+
+
+def test_dispersion_correlation_per_method(built):
+    root, report, summary, _ = built
+    (row,) = summary["dispersion_spearman"]  # seed 2 has no dispersion table
+    heads = pd.read_csv(root / "ig/u1/heads.csv")
+    by_layer = sps.spearmanr(heads["importance"], heads["layer"]).statistic
+    assert (row["method"], row["seed"], row["entropy"], row["topk_mass"]) == ("per_layer", 1, 1.0, -1.0)
+    assert row["entropy_norm"] == pytest.approx(by_layer) and row["effective_blocks"] == pytest.approx(by_layer)
+    section = report.split("## Attention dispersion")[1].split("## ")[0]
+    assert "| per_layer | 1 | 1.000 |" in section and "Off" not in section
 
 
 def test_every_tokenize_count_and_skip_reason_is_reported(built):

@@ -90,8 +90,14 @@ def test_full_tiny_run_outputs_and_manifests(tiny_run):
             m = json.loads(manifest.read_text())
             assert {"params", "inputs", "git_commit", "libraries", "wall_time_s", "headattr_version"} <= set(m)
             assert m["libraries"]["torch"] and all(len(v) == 64 for v in m["inputs"].values())
+    for compute in summary["compute"]:  # per_layer, K = 2 riemann_right, 2 mask probs, 3 layers: see test_cost.py
+        want = (8, 8, 34) if compute["method"] == "per_layer" else (4, 2, 18)
+        assert (compute["rows_fwd_bwd/ex"], compute["rows_fwd/ex"], compute["layer_fwd/ex"]) == want
+        assert compute["samples"] == "4/4" and compute["device"].startswith("cpu") and compute["gpu_hours"] is None
     report = (results / "tiny" / "report.md").read_text()
     for heading in (
+        "## Compute",
+        "## Attention dispersion",
         "## Completeness",
         "## Attribution per method and seed",
         "## Per-sample structure (report 1)",

@@ -117,7 +117,7 @@ def bca_interval(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-    fisher: bool = False,
+    fisher: bool | Sequence[bool] = False,
 ) -> BootstrapInterval:
     """Bias-corrected and accelerated (BCa) bootstrap intervals that always contain their estimate.
 
@@ -126,8 +126,8 @@ def bca_interval(
     draws, but only while the estimate lies inside the central ``level`` of them (|z0| < z_(1+level)/2);
     beyond that (or where BCa is undefined, e.g. constant draws, or collapses to a point on discrete draws that
     spread) the interval is the normal one,
-    estimate +- z * bootstrap SE, on Fisher's z scale when ``fisher`` (correlations: it stays in [-1, 1]).
-    ``method`` says which, per statistic.
+    estimate +- z * bootstrap SE, on Fisher's z scale when ``fisher`` (correlations: it stays in [-1, 1]; one
+    flag for all statistics or one per statistic). ``method`` says which, per statistic.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -159,19 +159,30 @@ def bca_interval(
     draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimate.size, -1)
     ok = np.isfinite(lo) & np.isfinite(hi) & (lo <= estimate) & (estimate <= hi)
     lim = 1 - 1e-12
-    to_z = (lambda x: np.arctanh(np.clip(x, -lim, lim))) if fisher else (lambda x: x)
-    from_z = np.tanh if fisher else (lambda x: x)
+    fz = np.broadcast_to(np.asarray(fisher, dtype=bool), estimate.shape)
+
+    def to_z(x):
+        x = np.asarray(x, dtype=float)
+        mask = fz.reshape(fz.shape + (1,) * (x.ndim - 1))
+        return np.where(mask, np.arctanh(np.clip(x, -lim, lim)), x)
+
+    def from_z(x):
+        return np.where(fz, np.tanh(x), x)
+
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         finite = np.where(np.isfinite(draws), to_z(draws), np.nan)
         se = np.nanstd(finite, axis=1, ddof=1)
         bias = np.nanmean(draws, axis=1) - estimate
-    se = np.where(np.isfinite(se), se, 0.0)
+    constant = np.all(draws == draws[:, :1], axis=1)  # std of equal floats can round to a few ulp, not 0
+    se = np.where(np.isfinite(se) & ~constant, se, 0.0)
     ok &= (hi > lo) | (se == 0)  # BCa collapsed onto a point mass of the draws although they spread
     half = norm.ppf(0.5 + level / 2) * se
     centre = to_z(estimate)
-    lo = np.where(ok, lo, from_z(centre - half))
-    hi = np.where(ok, hi, from_z(centre + half))
-    fallback = NORMAL_FISHER if fisher else NORMAL
-    method = [BCA if good else fallback if np.isfinite(e) else "n/a" for good, e in zip(ok, estimate, strict=True)]
+    lo = np.where(ok, lo, np.where(half == 0, estimate, from_z(centre - half)))  # constant draws: the estimate
+    hi = np.where(ok, hi, np.where(half == 0, estimate, from_z(centre + half)))
+    method = [
+        BCA if good else (NORMAL_FISHER if f else NORMAL) if np.isfinite(e) else "n/a"
+        for good, e, f in zip(ok, estimate, fz, strict=True)
+    ]
     return BootstrapInterval(estimate, lo, hi, method, bias)

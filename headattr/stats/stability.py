@@ -1,4 +1,4 @@
-"""Agreement of two head rankings with bootstrap intervals over samples (scipy.stats.bootstrap, BCa).
+"""Agreement of two head rankings with bootstrap intervals over samples (BCa, Fisher-z fallback).
 
 Inputs are per-sample importance arrays [N, L, H] (larger = more important); a ranking is the mean over
 samples. Metrics, globally over all L*H heads and per layer over its H heads: Spearman rho, Pearson r and
@@ -7,12 +7,10 @@ top-K overlap |topK(a) ∩ topK(b)| / K.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
+from headattr.stats.nulls import bca_interval
 from headattr.stats.similarity import pearson, rowwise_pearson, rowwise_spearman, spearman, topk_overlap
 
 
@@ -40,28 +38,15 @@ def agreement_vector(a, b, topk, layer_topk: int) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
-def _interval(result, values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """BCa interval; where every resample gives the same value, that value; where BCa is otherwise undefined
-    (e.g. its jackknife acceleration with independent resampling), the percentile interval."""
-    low = np.asarray(result.confidence_interval.low, dtype=float)
-    high = np.asarray(result.confidence_interval.high, dtype=float)
-    dist = np.asarray(result.bootstrap_distribution, dtype=float)
-    constant = np.all(dist == dist[..., :1], axis=-1) & np.isfinite(values)
-    tail = 100 * (1 - level) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pct_low, pct_high = np.nanpercentile(dist, [tail, 100 - tail], axis=-1)
-    low, high = np.where(np.isnan(low), pct_low, low), np.where(np.isnan(high), pct_high, high)
-    return np.where(constant, values, low), np.where(constant, values, high)
-
-
 def pair_stability(
     a, b, paired: bool, topk=(5, 10), layer_topk: int = 2, n_boot: int = 200, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
     """Agreement of the mean rankings of per-sample importance ``a`` [Na, L, H] and ``b`` [Nb, L, H].
 
     ``paired``: the same samples in the same order (resampled together); otherwise each is resampled on its
-    own. Returns rows scope ("global" | "layer"), layer, metric, value, ci_low, ci_high (BCa, ``level``).
+    own. Returns rows scope ("global" | "layer"), layer, metric, value, ci_low, ci_high, ci_method: BCa at
+    ``level`` where it contains the estimate, else the normal interval with the bootstrap SE, on Fisher's z for
+    the correlations (:func:`headattr.stats.nulls.bca_interval`).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape[1:] != b.shape[1:]:
@@ -73,35 +58,21 @@ def pair_stability(
 
     def statistic(*idx):  # resampled sample indices: one array (paired) or one per side
         ia, ib = (idx[0], idx[0]) if paired else idx
-        ia, ib = np.asarray(ia, dtype=int), np.asarray(ib, dtype=int)
         return agreement_vector(a[ia].mean(0), b[ib].mean(0), topk, layer_topk)
 
-    index = (np.arange(len(a)),) if paired else (np.arange(len(a)), np.arange(len(b)))
-    values = statistic(*index)
-    low = high = np.full_like(values, np.nan)
-    if min(len(a), len(b)) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = sps.bootstrap(
-                index,
-                statistic,
-                paired=False,
-                vectorized=False,
-                n_resamples=n_boot,
-                confidence_level=level,
-                method="BCa",
-                rng=np.random.default_rng(seed),
-            )
-        low, high = _interval(result, values, level)
     rows = metric_names(n_layers, n_heads, topk, layer_topk)
+    correlation = [not m.endswith("_overlap") for _, _, m in rows]
+    sizes = [len(a)] if paired else [len(a), len(b)]
+    ci = bca_interval(sizes, statistic, n_boot, seed, level, fisher=correlation)
     return pd.DataFrame(
         {
             "scope": [s for s, _, _ in rows],
             "layer": pd.array([layer for _, layer, _ in rows], dtype="Int64"),
             "metric": [m for _, _, m in rows],
-            "value": values,
-            "ci_low": low,
-            "ci_high": high,
+            "value": ci.estimate,
+            "ci_low": ci.lo,
+            "ci_high": ci.hi,
+            "ci_method": ci.method,
         }
     )
 
