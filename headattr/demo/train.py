@@ -41,21 +41,22 @@ DEFAULT_CFG = {
     "num_layers": 6,
     "num_heads": 8,
     "intermediate_size": 512,
-    "batch_size": 24,
+    "batch_size": 16,
     "tasks": list(TASKS),
     "task_train_items": 8000,
     "task_heldout_items": 400,
     "task_len": 22,
-    "task_batch_size": 48,
+    "task_batch_size": 64,
     "task_weight": 1.0,
     "lr": 1.5e-3,
     "weight_decay": 0.01,
-    "warmup_steps": 200,
-    "max_steps": 2600,
+    "warmup_steps": 100,
+    "max_steps": 1400,
     "max_minutes": 40.0,
     "eps": 1e-3,
     "eval_p": 0.15,
     "threads": 2,
+    "bf16": True,
     "log_every": 50,
 }
 BUCKET = 256
@@ -346,7 +347,8 @@ def train_mdlm(corpus_path: str | Path, out_dir: str | Path, cfg: dict | None = 
       max_minutes: wall-clock safety net (the budget is max_steps; a run is deterministic only when it stops
       at max_steps, which the manifest's stopped_by records);
       eps: minimum mask probability;  eval_p: mask probability of the held-out check;
-      threads: torch CPU threads;  log_every: progress line period (stderr).
+      threads: torch CPU threads;  bf16: training forward passes under CPU bfloat16 autocast (weights, optimiser
+      and evaluation stay fp32; about 2x faster here);  log_every: progress line period (stderr).
     """
     cfg = {**DEFAULT_CFG, **(cfg or {})}
     with torch_settings(cfg["seed"], cfg["threads"]):
@@ -387,20 +389,23 @@ def _train(corpus_path: Path, out_dir: Path, cfg: dict) -> dict:
     model.train()
     while step < cfg["max_steps"] and time.monotonic() - started < 60 * cfg["max_minutes"]:
         idx = next(text_batches)
-        loss = mdlm_loss(model, train_rows[idx], train_ok[idx], tok.pad_token_id, tok.mask_token_id, cfg["eps"], gen)
-        task_loss = torch.zeros(())
-        if task_batches is not None:
-            idx = next(task_batches)
-            task_loss = mdlm_loss(
-                model,
-                task_train_rows[idx],
-                task_train_ok[idx],
-                tok.pad_token_id,
-                tok.mask_token_id,
-                cfg["eps"],
-                gen,
-                unweighted=True,
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+            loss = mdlm_loss(
+                model, train_rows[idx], train_ok[idx], tok.pad_token_id, tok.mask_token_id, cfg["eps"], gen
             )
+            task_loss = torch.zeros(())
+            if task_batches is not None:
+                idx = next(task_batches)
+                task_loss = mdlm_loss(
+                    model,
+                    task_train_rows[idx],
+                    task_train_ok[idx],
+                    tok.pad_token_id,
+                    tok.mask_token_id,
+                    cfg["eps"],
+                    gen,
+                    unweighted=True,
+                )
         optim.zero_grad(set_to_none=True)
         (loss + cfg["task_weight"] * task_loss).backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
