@@ -321,7 +321,7 @@ def test_retrain_demo_through_the_dag(tmp_path, shipped_corpus):
     train = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "max_steps": 3, "warmup_steps": 2}
     config = {
         "model": {"path": str(DEMO / "model")},
-        "data": {"source": str(DEMO / "model" / "heldout.jsonl.gz")},
+        "data": {"source": str(DEMO / "model" / "heldout.jsonl.gz"), "max_len": 64},
         "demo_model": {"train": {**train, **TINY_TASKS, "batch_size": 4, "heldout_frac": 0.2}, "lm_eval_items": 5},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
