@@ -17,10 +17,11 @@ from headattr.demo.tasks import CHANCE, TASKS, task_items, task_records
 from headattr.demo.tokenizer import train_tokenizer
 from headattr.demo.train import (
     DEFAULT_CFG,
+    content_key,
     encode,
     evaluate,
-    is_heldout,
     pack_rows,
+    split_records,
     task_exact_match,
     train_mdlm,
 )
@@ -176,19 +177,28 @@ def test_task_heldout_splits_disjoint_from_training_on_content():
     assert shipped_lm_eval
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known leak of the shipped checkpoint: the corpus split is by record id, and generated math word "
-    "problems repeat across ids, so some held-out math records equal training records (fix: split the corpus "
-    "on content, then retrain)",
-)
 def test_shipped_heldout_text_disjoint_from_training_text(shipped_corpus):
     manifest = json.loads((DEMO / "model" / "manifest.json").read_text())
     seed, frac = manifest["cfg"]["seed"], manifest["cfg"]["heldout_frac"]
-    train = {(r["prompt"], r["response"]) for r in shipped_corpus if not is_heldout(r["id"], seed, frac)}
+    train, want_heldout, n_duplicates = split_records(shipped_corpus, seed, frac)
     heldout = read_jsonl(DEMO / "model" / "heldout.jsonl.gz")
-    text = [(r["prompt"], r["response"]) for r in heldout if r["category"] not in TASKS]
-    assert len(text) == manifest["n_heldout_records"] and not train.intersection(text)
+    text = [r for r in heldout if r["category"] not in TASKS]
+    assert text == want_heldout and len(text) == manifest["n_heldout_records"]
+    assert (len(train), n_duplicates) == (manifest["n_train_records"], manifest["n_duplicate_records"])
+    assert not {(r["prompt"], r["response"]) for r in train}.intersection((r["prompt"], r["response"]) for r in text)
+    assert not {content_key(r) for r in train}.intersection(content_key(r) for r in text)
+
+
+def test_split_is_on_content_not_on_ids():
+    base = [{"id": f"x-{i}", "prompt": f"question {i}", "response": "answer"} for i in range(400)]
+    twins = [{**r, "id": "y-" + r["id"], "prompt": "  " + r["prompt"].upper()} for r in base]
+    train, heldout, n_duplicates = split_records(base + twins, seed=3, frac=0.3)
+    assert n_duplicates == len(twins) and len(train) + len(heldout) == len(base)
+    assert 0.2 < len(heldout) / len(base) < 0.4
+    assert [r["id"] for r in train + heldout if r["id"].startswith("y-")] == []
+    reordered = split_records(base[::-1], seed=3, frac=0.3)
+    assert {r["id"] for r in reordered[1]} == {r["id"] for r in heldout}
+    assert {r["id"] for r in split_records(base, seed=4, frac=0.3)[1]} != {r["id"] for r in heldout}
 
 
 def test_lm_eval_task_files_rebuild_from_the_generator(tmp_path):
@@ -311,7 +321,7 @@ def test_retrain_demo_through_the_dag(tmp_path, shipped_corpus):
     train = {"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "max_steps": 3, "warmup_steps": 2}
     config = {
         "model": {"path": str(DEMO / "model")},
-        "data": {"source": str(DEMO / "model" / "heldout.jsonl.gz")},
+        "data": {"source": str(DEMO / "model" / "heldout.jsonl.gz"), "max_len": 64},
         "demo_model": {"train": {**train, **TINY_TASKS, "batch_size": 4, "heldout_frac": 0.2}, "lm_eval_items": 5},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -325,7 +335,7 @@ def test_retrain_demo_through_the_dag(tmp_path, shipped_corpus):
     assert manifest["trained_on"]["task_items"] == {t: TINY_TASKS["task_train_items"] for t in TASKS}
     records = read_jsonl(corpus)
     assert sum(manifest["trained_on"]["text_categories"].values()) == manifest["n_train_records"]
-    assert manifest["n_train_records"] + manifest["n_heldout_records"] == len(records)
+    assert manifest["n_train_records"] + manifest["n_heldout_records"] + manifest["n_duplicate_records"] == len(records)
     (tasks_dir,) = (tmp_path / "results" / "demo_tasks").iterdir()
     assert {p.name for p in tasks_dir.iterdir() if not p.name.startswith(".")} == {
         f"{n}.{e}" for n in ("copy", "add", "recall_mc") for e in ("jsonl", "yaml")
