@@ -207,6 +207,25 @@ def test_sampler_reads_the_current_sequence():
     assert out.tolist() == [[3, 4, 5, 6, 7]]
 
 
+def test_sampler_keeps_the_template_suffix_fixed_and_visible():
+    """The suffix (e.g. [SEP] = 7) sits after the masked span in every forward, is never unmasked or predicted,
+    and is cut from the output; the model reads it (here: the last answer token copies it)."""
+    seen = []
+
+    def fn(x):
+        seen.append(x.clone())
+        logits = torch.full((*x.shape, V), -10.0, dtype=torch.float64)
+        logits[0, 1:-2, 5] = 10.0
+        logits[0, -2, int(x[0, -1])] = 10.0  # the position before the suffix predicts the suffix's token
+        logits[0, -1, 1] = 20.0  # most confident of all, but not a generated position
+        return logits
+
+    out = low_confidence_generate(fn, torch.tensor([[3]]), 3, 3, 3, MASK, suffix=[7])
+    assert out.tolist() == [[3, 5, 5, 7]]
+    assert all(x.shape == (1, 5) and int(x[0, -1]) == 7 for x in seen)
+    assert int((seen[0] == MASK).sum()) == 3
+
+
 def test_stop_sequences_cut_at_the_earliest_one():
     assert cut_at_stops("a b STOP c END", ["END", "STOP"]) == "a b "
     assert cut_at_stops("a b", ["x", ""]) == "a b"

@@ -209,10 +209,12 @@ def test_diffusion_generation_runs_the_sampler_and_honours_stops():
     model, tok = tiny_bert(), make_tokenizer()
     lm = HeadAttrLM(model=model, tokenizer=tok, gen_length=4, block_length=2, steps=4, disable_tqdm=True)
     words = [tok.convert_tokens_to_ids(w) for w in ("w10", "w11", "w12", "w13")]
+    assert lm._template_suffix() == [tok.sep_token_id]  # BERT's template: [CLS] text [SEP]
 
     def fixed(x):  # answer position j (after the prompt) -> words[j]; a later position is always more confident
+        assert int(x[0, -1]) == tok.sep_token_id  # the answer span is generated in front of [SEP]
         logits = torch.zeros(*x.shape, VOCAB)
-        plen = x.shape[1] - 4
+        plen = x.shape[1] - 4 - 1
         for j, w in enumerate(words):
             logits[:, plen + j, w] = 5.0 + j
         return logits

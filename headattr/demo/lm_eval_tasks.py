@@ -4,8 +4,8 @@ Each task is a YAML file plus a jsonl of held-out items (``headattr.demo.tasks``
 demo model's training items). Data paths in the YAML files are relative to the repository root, so run
 lm-eval from there: ``lm_eval --include_path resources/tasks --tasks headattr_demo ...``.
 
-- ``headattr_demo_copy``, ``headattr_demo_add`` (generate_until): greedy generation, exact match after
-  stripping whitespace. Chance 1e-6 and 1/179.
+- ``headattr_demo_copy``, ``headattr_demo_add`` (generate_until): greedy generation of as many tokens as the
+  answers have (6 and 3), exact match after stripping whitespace. Chance 1e-6 and 1/179.
 - ``headattr_demo_recall_mc`` (multiple_choice): the ten digits as choices, scored by likelihood (acc and
   acc_norm). Chance 0.1.
 
@@ -28,6 +28,12 @@ MULTIPLE_CHOICE = ("recall",)
 DIGITS = [str(d) for d in range(10)]
 
 
+def answer_tokens(task: str) -> int:
+    """Symbols (= demo tokens) of the task's answers, all of one length: the generation budget, so that the
+    masked span ends where training answers end (in front of [SEP])."""
+    return len(task_items(task, 0, 1, "heldout")[0][1].split())
+
+
 def generation_yaml(task: str, data_file: str) -> dict:
     return {
         "task": f"{GROUP}_{task}",
@@ -39,7 +45,7 @@ def generation_yaml(task: str, data_file: str) -> dict:
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{answer}}",
         "target_delimiter": " ",
-        "generation_kwargs": {"until": ["\n"], "max_gen_toks": 16, "do_sample": False},
+        "generation_kwargs": {"until": ["\n"], "max_gen_toks": answer_tokens(task), "do_sample": False},
         "filter_list": [{"name": "strip", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}],
         "metric_list": [
             {

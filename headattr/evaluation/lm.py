@@ -309,6 +309,16 @@ class HeadAttrLM(TemplateLM):
             "headattr_pruned_heads": int((~self.keep_mask).sum()),
         }
 
+    def _template_suffix(self) -> list[int]:
+        """Special ids the tokenizer appends after a text (BERT's [SEP]; none for LLaDA / Dream): the masked
+        span is generated in front of them, where the model saw answers end in training."""
+        with_special = self.tokenizer("a")["input_ids"]
+        bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        for start in range(len(with_special) - len(bare) + 1):
+            if with_special[start : start + len(bare)] == bare:
+                return list(with_special[start + len(bare) :])
+        return []
+
     def _tokenizer_adds_bos(self) -> bool:
         with_special = self.tokenizer("a")["input_ids"]
         bare = self.tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -434,7 +444,13 @@ class HeadAttrLM(TemplateLM):
     def _diffusion_sample(self, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int):
         with torch.no_grad(), gated(self.adapter, self._keep), self._autocast():
             return low_confidence_generate(
-                self._aligned_logits, prompt, gen_length, block_length, steps, self.adapter.mask_token_id
+                self._aligned_logits,
+                prompt,
+                gen_length,
+                block_length,
+                steps,
+                self.adapter.mask_token_id,
+                suffix=self._template_suffix(),
             )
 
     def _uses_dream_generate(self) -> bool:

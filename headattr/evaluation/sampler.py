@@ -44,17 +44,21 @@ def low_confidence_generate(
     steps: int,
     mask_token_id: int,
     trace: list | None = None,
+    suffix: Sequence[int] = (),
 ) -> torch.Tensor:
     """Prompt long [batch, P] -> long [batch, P + gen_length].
 
-    ``logits_fn(x)`` returns [batch, P + gen_length, vocab] logits aligned so that position j scores token j
-    (a shifted-logit model's wrapper shifts them first). With ``trace`` a list, each step appends the bool
-    [batch, P + gen_length] of positions it unmasked.
+    ``logits_fn(x)`` returns [batch, P + gen_length + S, vocab] logits aligned so that position j scores token j
+    (a shifted-logit model's wrapper shifts them first). ``suffix`` (S fixed ids, e.g. BERT's [SEP]) follows the
+    masked span in every forward, as the tokenizer's template puts it after a text, and is cut from the output.
+    With ``trace`` a list, each step appends the bool [batch, P + gen_length + S] of positions it unmasked.
     """
     per_block = check_schedule(gen_length, block_length, steps)
     batch, plen = prompt.shape
-    x = torch.full((batch, plen + gen_length), mask_token_id, dtype=torch.long, device=prompt.device)
+    x = torch.full((batch, plen + gen_length + len(suffix)), mask_token_id, dtype=torch.long, device=prompt.device)
     x[:, :plen] = prompt
+    if len(suffix):
+        x[:, plen + gen_length :] = torch.as_tensor(list(suffix), dtype=torch.long, device=prompt.device)
     positions = torch.arange(x.shape[1], device=x.device)
     for block in range(gen_length // block_length):
         lo, hi = plen + block * block_length, plen + (block + 1) * block_length
@@ -77,7 +81,7 @@ def low_confidence_generate(
             x = torch.where(chosen, pred, x)
             if trace is not None:
                 trace.append(chosen.clone())
-    return x
+    return x[:, : plen + gen_length]
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
