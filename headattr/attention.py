@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .aggregate import head_label
 from .errors import ConfigError
 from .stats.dispersion import dispersion
 
@@ -48,7 +49,7 @@ def head_dispersion(adapter, scored_inputs, block_size: int = 1, topk_frac: floa
                 sums[m][layer] += values[m]
     n = len(scored_inputs)
     layer, head = np.divmod(np.arange(adapter.n_layers * adapter.n_heads), adapter.n_heads)
-    labels = [f"L{a}H{b}" for a, b in zip(layer, head, strict=True)]
+    labels = [head_label(a, b) for a, b in zip(layer, head, strict=True)]
     table = pd.DataFrame({"layer": layer, "head": head, "label": labels})
     for m in METRICS:
         table[m] = (sums[m] / n).ravel()

@@ -399,6 +399,15 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     check_stp_config(config, root)
 
 
+def check_layer_range(key: str, layers, shape) -> None:
+    """``layers`` = [start, end] must be inclusive and inside the model (``shape`` = (layers, heads) or None when
+    unknown); else ConfigError on ``key``."""
+    start, end = layers
+    if start > end or (shape is not None and end >= shape[0]):
+        limit = f"0..{shape[0] - 1}" if shape else "the model's layers"
+        raise ConfigError(f"{key}: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
+
+
 def check_stp_config(config: dict, root: Path) -> None:
     """ig.layers inside the model, no layer shards with it, shapley_all without it; the imported files."""
     from .exports import check_importance_files, model_shape
@@ -406,10 +415,7 @@ def check_stp_config(config: dict, root: Path) -> None:
     g = config["ig"]
     shape = model_shape(root / config["model"]["path"])
     if g["layers"] is not None:
-        start, end = g["layers"]
-        if start > end or (shape is not None and end >= shape[0]):
-            limit = f"0..{shape[0] - 1}" if shape else "the model's layers"
-            raise ConfigError(f"ig.layers: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
+        check_layer_range("ig.layers", g["layers"], shape)
         if config["shard"]["layers"]:
             raise ConfigError("ig.layers: cannot be combined with shard.layers (shard the samples instead)")
         if "shapley_all" in g["methods"]:

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .dumps import atomic_write
+from .aggregate import head_label
+from .dumps import atomic_write, write_npy
 from .workflow import write_json
 
 DEFAULTS = {
@@ -71,7 +72,7 @@ def _model_layers(value, layers: list[int]):
         out = value.copy()
         out["layer"] = [layers[int(i)] for i in out["layer"]]
         if "label" in out:
-            out["label"] = [f"L{a}H{b}" for a, b in zip(out["layer"], out["head"], strict=True)]
+            out["label"] = [head_label(a, b) for a, b in zip(out["layer"], out["head"], strict=True)]
         return out
     if isinstance(value, dict):
         return {k: (layers[int(v)] if k == "layer" else _model_layers(v, layers)) for k, v in value.items()}
@@ -239,11 +240,6 @@ def _long(matrix: np.ndarray, value: str) -> pd.DataFrame:
     )
 
 
-def _save_npy(path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-
-
 def write_tables(tables: dict, out_dir: str | Path) -> list[Path]:
     """Write each table: DataFrame -> CSV, dict/list -> JSON, ndarray -> NPY (atomically)."""
     out_dir = Path(out_dir)
@@ -255,7 +251,7 @@ def write_tables(tables: dict, out_dir: str | Path) -> list[Path]:
             atomic_write(path, lambda tmp, v=value: v.to_csv(tmp, index=False))
         elif isinstance(value, np.ndarray):
             path = out_dir / f"{name}.npy"
-            atomic_write(path, lambda tmp, v=value: _save_npy(tmp, v))
+            write_npy(path, value)
         else:
             path = out_dir / f"{name}.json"
             write_json(path, value)

@@ -42,6 +42,16 @@ def atomic_write(path: str | Path, write) -> None:
         raise
 
 
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` as .npy (no pickle), atomically."""
+
+    def save(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+    atomic_write(path, save)
+
+
 def save_npz(path: str | Path, arrays: dict, meta: dict | None = None) -> None:
     """Atomically save ``arrays`` (and ``meta`` as ``meta_json``) to an uncompressed ``.npz``."""
     payload = dict(arrays)

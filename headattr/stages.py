@@ -7,6 +7,7 @@ interrupted stage leaves no file that looks finished.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -222,8 +223,6 @@ def attribute(
             rows_per_pass=engine_cfg.get("rows_per_pass") or 16,
         )
         print(format_estimate(est), flush=True)
-    import time
-
     from .cost import compute_record
 
     engine = engine_for(adapter, model_cfg, engine_cfg)

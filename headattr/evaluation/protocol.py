@@ -15,7 +15,6 @@ A method's importance for pruning is the mean over the run's seeds of its mean p
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,14 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import model_slice, stage_key, units
+from ..workflow import sha256_file
 from .tasks import resolve_tasks
 
 EVAL_SETTINGS = ("limit", "mc_num", "seed", "batch_size", "gen_length", "block_length", "steps")
 RANKED = ("most", "least")
-
-
-def _sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def enabled(config: dict) -> bool:
@@ -45,7 +41,7 @@ def importance_sources(config: dict) -> dict:
     post = config["report"]["postprocess"]
     out = {m: {"ig": by[m], "postprocess": post} for m in config["ig"]["methods"]}
     for name, file in config["compare"]["importance_files"].items():
-        out[name] = {"file": file, "sha256": _sha256(file)}
+        out[name] = {"file": file, "sha256": sha256_file(file)}
     return out
 
 
@@ -66,7 +62,7 @@ def task_plan(config: dict, root: Path | str = ".") -> dict:
     resolved = resolve_tasks(t["tasks"], root)
     evaluation = {
         "tasks": t["tasks"],
-        "files_sha256": [_sha256(Path(root) / f) for f in resolved["files"]],
+        "files_sha256": [sha256_file(Path(root) / f) for f in resolved["files"]],
         **{k: t[k] for k in EVAL_SETTINGS},
         "model": model,
     }
@@ -202,7 +198,7 @@ def task_files(config: dict, root: Path | str = ".") -> list[str]:
 
 def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, postprocess: str, imported: dict, out) -> dict:
     """Write one point's keep-mask (.npy, bool [L, H], no pickle)."""
-    from ..dumps import atomic_write
+    from ..dumps import write_npy
     from ..errors import ConfigError
     from ..exports import load_importance_file, model_shape
 
@@ -216,12 +212,7 @@ def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, postprocess: s
     elif spec["source"] is not None:
         importance = method_importance(importance_paths, postprocess)
     keep = build_keep_mask(spec, shape, importance)
-
-    def save(tmp):
-        with open(tmp, "wb") as fh:
-            np.save(fh, keep, allow_pickle=False)
-
-    atomic_write(out, save)
+    write_npy(out, keep)
     return {"pruned": int((~keep).sum()), "shape": list(shape)}
 
 

@@ -108,14 +108,10 @@ def check_tasks(config: dict, root: Path | str = ".") -> dict | None:
         return None
     layers = config["validation"]["tasks"]["layers"]
     if layers is not None:
+        from ..config import check_layer_range
         from ..exports import model_shape
 
-        shape = model_shape(Path(root) / config["model"]["path"])
-        if layers[0] > layers[1] or (shape is not None and layers[1] >= shape[0]):
-            inside = f"0..{shape[0] - 1}" if shape else "the model's layers"
-            raise ConfigError(
-                f"validation.tasks.layers: {layers} must be an inclusive range start <= end inside {inside}"
-            )
+        check_layer_range("validation.tasks.layers", layers, model_shape(Path(root) / config["model"]["path"]))
     resolved = resolve_tasks(entries, root)
     if resolved["lm_eval_names"]:
         known = set(task_manager(resolved, root).all_tasks)
