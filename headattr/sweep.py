@@ -135,10 +135,13 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     ``entities``: one per (point, method): label, point, method, axis values (as labels), the ig keys of its
     seeds, its attribution benchmark files (under the benchmarks folder) and shard manifests (under the ig
     folder), its postprocess, the data sources of its scores and of its pruning validation (``scores_from``,
-    ``judged_on``); ``validation``: (point, pruning-validation key) pairs; ``reference``: the reference point's
-    name; ``axes``: {name: {key, values (labels), numeric, order}}.
+    ``judged_on``); ``validation``: (point, pruning-validation key) pairs; ``tasks``: one row per task-validation
+    point of each sweep point (point, evaluation key, method, order, fraction, seed, tolerance; empty without
+    ``validation.tasks``); ``reference``: the reference point's name; ``axes``: {name: {key, values (labels),
+    numeric, order}}.
     """
     from .config import stage_key, units, validation_groups
+    from .evaluation.protocol import task_plan
 
     entities = []
     for point in points:
@@ -166,6 +169,12 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                 }
             )
     validation = [{"point": p.name, "key": k} for p in points for k in validation_groups(p.config)]
+    tasks = [
+        {"point": p.name, "key": k, **{f: spec[f] for f in ("method", "order", "fraction", "seed")}}
+        | {"tolerance": p.config["validation"]["tasks"]["tolerance"]}
+        for p in points
+        for k, spec in task_plan(p.config)["points"].items()
+    ]
     axes = {
         name: {
             "key": axis["key"],
@@ -178,6 +187,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     plan = {
         "entities": entities,
         "validation": validation,
+        "tasks": tasks,
         "reference": reference_point(config, points).name,
         "axes": axes,
         "mode": config["sweep"]["mode"],

@@ -54,6 +54,22 @@ def transfer_markdown(transfer: pd.DataFrame) -> list[str]:
     return text
 
 
+def task_aopc_markdown(task_aopc: pd.DataFrame, proxy: pd.DataFrame) -> list[str]:
+    """Task-metric AOPC beside held-out AOPC per point, and their rank agreement; none without task validation."""
+    if task_aopc.empty:
+        return []
+    cols = ["point", "method", "task", "metric", "order", "heldout_aopc", "task_aopc", "random_task_aopc"]
+    return [
+        "## Task-metric AOPC per point (lm-eval, headline metric)\n",
+        "task_aopc: mean over pruned fractions of unpruned - metric (higher = that order hurts the task sooner); "
+        "random_task_aopc: the random masks' mean curve at the same point; heldout_aopc: the held-out loss AOPC "
+        "(one-shot, same order) of the pruning validation.\n",
+        _md(task_aopc[cols + ["task_aopc_vs_random", "removable_fraction"]]),
+        "Held-out AOPC vs task AOPC, Spearman across the (point, method) rows (needs >= 3 rows):\n",
+        _md(proxy),
+    ]
+
+
 def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None:
     labels = [e["label"] for e in plan["entities"]]
     figures = Path(figures_dir)
@@ -87,6 +103,7 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         "## Held-out pruning AOPC per point\n",
         _md(tables["aopc"]),
     ]
+    text += task_aopc_markdown(tables.get("task_aopc", pd.DataFrame()), tables.get("task_proxy", pd.DataFrame()))
     text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]

@@ -9,6 +9,11 @@
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
+- ``task_aopc``: with ``validation.tasks`` configured, per point, method, task and ranked order: the task-metric
+  AOPC of the headline metric (:mod:`headattr.evaluation.summary`), the random masks' AOPC at that point and their
+  difference, the removable fraction, and the held-out AOPC (one-shot, same order) beside it.
+- ``task_proxy``: per task and order, Spearman across the (point, method) rows of held-out AOPC and task AOPC: does
+  the cheap held-out loss rank the sweep's attributions as the task does?
 - ``transfer``: with ``validation.data`` on some point, AOPC minus random (most important first) per method, mode,
   source of the scores and source pruning was judged on (a sweep over ``data.source`` x ``validation.data``
   fills the transfer matrix).
@@ -25,6 +30,7 @@ import pandas as pd
 from .aggregate import per_sample_importance
 from .compute import COLUMNS, per_example, unit_compute
 from .dumps import load_dump
+from .evaluation.summary import curve_summary, task_table
 from .stats.stability import converged_at, pair_stability
 
 
@@ -135,6 +141,52 @@ def aopc_table(plan: dict, summaries: dict) -> pd.DataFrame:
     )
 
 
+TASK_AOPC_COLUMNS = [
+    "point",
+    "method",
+    "task",
+    "metric",
+    "order",
+    "unpruned",
+    "removable_fraction",
+    "task_aopc",
+    "random_task_aopc",
+    "task_aopc_vs_random",
+    "heldout_aopc",
+]
+
+
+def task_aopc_table(plan: dict, results: dict, aopc: pd.DataFrame) -> pd.DataFrame:
+    """Task-metric AOPC per point, method, task and ranked order from the points' task evaluations (``results``
+    {evaluation key: results.csv}), with the point's random AOPC and its held-out AOPC (one-shot, same order)."""
+    frames = []
+    tasks = pd.DataFrame(plan.get("tasks", []), columns=["point", "key", "tolerance"])
+    for point, entries in tasks.groupby("point", sort=False):
+        table = task_table([pd.read_csv(results[k]) for k in entries["key"]])
+        summary = curve_summary(table, float(entries["tolerance"].iloc[0]))
+        random = summary[summary["order"] == "random"].set_index("task")["task_aopc"]
+        ranked = summary[summary["order"] != "random"]
+        ranked = ranked.assign(point=point, random_task_aopc=ranked["task"].map(random))
+        frames.append(ranked.assign(task_aopc_vs_random=ranked["task_aopc"] - ranked["random_task_aopc"]))
+    if not frames:
+        return pd.DataFrame(columns=TASK_AOPC_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    heldout = aopc[aopc["mode"] == "one_shot"].assign(order=lambda d: d["order"].str.removesuffix("_first"))
+    heldout = heldout.rename(columns={"aopc": "heldout_aopc"})[["point", "method", "order", "heldout_aopc"]]
+    return df.merge(heldout, on=["point", "method", "order"], how="left")[TASK_AOPC_COLUMNS]
+
+
+def task_proxy_table(task_aopc: pd.DataFrame) -> pd.DataFrame:
+    """Per task and order: Spearman across (point, method) rows of held-out AOPC and task AOPC, and the row count."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for (task, order), part in task_aopc.dropna(subset=["heldout_aopc", "task_aopc"]).groupby(["task", "order"]):
+        rho = spearmanr(part["heldout_aopc"], part["task_aopc"]).statistic if len(part) >= 3 else np.nan
+        rows.append({"task": task, "order": order, "n": len(part), "spearman": float(rho)})
+    return pd.DataFrame(rows, columns=["task", "order", "n", "spearman"])
+
+
 def transfer_table(plan: dict, aopc: pd.DataFrame) -> pd.DataFrame:
     """Cross-task transfer: held-out AOPC minus random (most important first) per method and mode, with the
     source the scores came from and the source pruning was judged on (mean over the points of each pair).
@@ -177,11 +229,17 @@ def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -
 
 
 def sweep_tables(
-    plan: dict, dumps: dict, summaries: dict, benchmarks: dict | None = None, manifests: dict | None = None
+    plan: dict,
+    dumps: dict,
+    summaries: dict,
+    benchmarks: dict | None = None,
+    manifests: dict | None = None,
+    task_results: dict | None = None,
 ) -> dict:
     """Every table of the sweep comparison; ``dumps`` {ig key: path}, ``summaries`` {validation key: path},
     ``benchmarks`` {entity benchmark name: path} of the attribution jobs (None: no compute table),
-    ``manifests`` {entity manifest name: path} of their shards (engine counts in the compute table)."""
+    ``manifests`` {entity manifest name: path} of their shards (engine counts in the compute table),
+    ``task_results`` {task evaluation key: results.csv} of ``plan["tasks"]``."""
     compare = Comparer(plan, dumps)
     labels = compare.labels
     pairs = []
@@ -197,6 +255,7 @@ def sweep_tables(
     )
     columns = ["a", "b", "scope", "layer", "metric", "value", "ci_low", "ci_high", "ci_method"]
     aopc = aopc_table(plan, summaries)
+    task_aopc = task_aopc_table(plan, task_results or {}, aopc)
     return {
         "points": points,
         "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),
@@ -204,6 +263,8 @@ def sweep_tables(
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc,
         "transfer": transfer_table(plan, aopc),
+        "task_aopc": task_aopc,
+        "task_proxy": task_proxy_table(task_aopc),
     } | ({"compute": compute_table(plan, benchmarks, manifests)} if benchmarks is not None else {})
 
 

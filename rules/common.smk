@@ -17,7 +17,7 @@ from headattr.config import (
     validation_groups,
 )
 from headattr.sweep import sweep_plan, sweep_points
-from headattr.evaluation.protocol import eval_settings, task_files, task_plan
+from headattr.evaluation.protocol import importance_inputs, merged_plans, task_plan
 from headattr.evaluation.tasks import check_tasks
 
 validate_config(config, Path.cwd())
@@ -28,8 +28,9 @@ CONFIGS = [config] + [p.config for p in POINTS]
 if workflow.is_main_process:
     for cfg in CONFIGS:
         check_inputs(cfg, Path.cwd())
-    # validation.tasks: task files and names exist (before any job loads a model)
-    check_tasks(config, Path.cwd())
+    # validation.tasks: task files and names exist (before any job loads a model), once per distinct setting
+    for tasks_cfg in {repr(c["validation"]["tasks"]): c for c in CONFIGS}.values():
+        check_tasks(tasks_cfg, Path.cwd())
 
 RESULTS = config["results_dir"]
 UNITS = units(config)
@@ -189,20 +190,14 @@ def get_demo_corpus():
     return "resources/demo/corpus.jsonl.gz"
 
 
-# validation.tasks: the points of the task validation (rules/task_validation.smk)
+# validation.tasks: the points of this config's task validation (its report's table), and the keep-mask and
+# evaluation jobs of every config (base and sweep points; a point shared by several configs is one job)
 TASK_PLAN = task_plan(config)
+TASK_JOBS = merged_plans([TASK_PLAN] + [task_plan(p.config) for p in POINTS])
 
 
 def task_mask_inputs(wc):
     """The dumps (all seeds) of a ranked mask's method, or its imported importance file; none for random."""
-    spec = TASK_PLAN["masks"][wc.key]
-    imported = config["compare"]["importance_files"]
-    if spec["source"] is None:
-        return []
-    if spec["source"] in imported:
-        return [imported[spec["source"]]]
-    return [
-        path("ig", u.keys["ig"], "dump.npz")
-        for u in UNITS
-        if u.method == spec["source"]
-    ]
+    return importance_inputs(
+        TASK_JOBS["masks"][wc.key], lambda key: path("ig", key, "dump.npz")
+    )

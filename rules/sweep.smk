@@ -3,6 +3,8 @@ SWEEP_IG = (
     list(dict.fromkeys(k for e in SWEEP["entities"] for k in e["ig"])) if SWEEP else []
 )
 SWEEP_VALIDATION = [v["key"] for v in SWEEP["validation"]] if SWEEP else []
+# task evaluations of every point (validation.tasks), shared points once
+SWEEP_TASKS = list(dict.fromkeys(t["key"] for t in SWEEP["tasks"])) if SWEEP else []
 SWEEP_BENCHMARKS = (
     list(dict.fromkeys(b for e in SWEEP["entities"] for b in e["benchmarks"]))
     if SWEEP
@@ -21,6 +23,7 @@ rule sweep_stability:
         summaries=[path("validation", k, "summary.csv") for k in SWEEP_VALIDATION],
         benchmarks=[f"{RESULTS}/benchmarks/{b}" for b in SWEEP_BENCHMARKS],
         manifests=[f"{RESULTS}/ig/{m}" for m in SWEEP_MANIFESTS],
+        task_results=[f"{RESULTS}/task_eval/{k}/results.csv" for k in SWEEP_TASKS],
     output:
         tables=directory(f"{RESULTS}/sweeps/{{key}}/tables"),
     log:
@@ -35,6 +38,7 @@ rule sweep_stability:
         validation_keys=SWEEP_VALIDATION,
         benchmarks=SWEEP_BENCHMARKS,
         manifests=SWEEP_MANIFESTS,
+        task_keys=SWEEP_TASKS,
     script:
         "../scripts/sweep_stability.py"
 

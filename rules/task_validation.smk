@@ -1,5 +1,6 @@
 # Pruning judged by lm-eval tasks (validation.tasks): one keep-mask and one task evaluation per point
-# (method, order, fraction, random seed), then results/<run>/task_validation.csv. Off while validation.tasks.tasks
+# (method, order, fraction, random seed), then results/<run>/task_validation.csv (the base config's points; a
+# sweep's points are read by sweep_stability instead). Off while validation.tasks.tasks
 # is empty. Every job is in group "summarise": the keep-masks need the aggregated dumps and the report needs the
 # evaluations, and a group must be closed under dependencies; on SLURM the evaluations of one model therefore share
 # one submission (docs/cluster.md).
@@ -19,19 +20,17 @@ rule task_keepmask:
         mem_mb=1000,
         runtime=10,
     params:
-        spec=lambda wc: TASK_PLAN["masks"][wc.key],
+        spec=lambda wc: TASK_JOBS["masks"][wc.key],
         model=model_settings(),
-        postprocess=config["report"]["postprocess"],
-        imported=config["compare"]["importance_files"],
     script:
         "../scripts/task_keepmask.py"
 
 
 rule task_eval:
     input:
-        keep=lambda wc: f"{RESULTS}/task_masks/{TASK_PLAN['points'][wc.key]['mask']}/keep.npy",
+        keep=lambda wc: f"{RESULTS}/task_masks/{TASK_JOBS['points'][wc.key]['mask']}/keep.npy",
         model=model_inputs(),
-        tasks=task_files(config),
+        tasks=lambda wc: TASK_JOBS["points"][wc.key]["files"],
     output:
         results=f"{RESULTS}/task_eval/{{key}}/results.csv",
         cost=f"{RESULTS}/task_eval/{{key}}/cost.json",
@@ -48,9 +47,8 @@ rule task_eval:
         mem_mb=4000,
         runtime=120,
     params:
-        spec=lambda wc: TASK_PLAN["points"][wc.key],
+        spec=lambda wc: TASK_JOBS["points"][wc.key],
         model=model_settings(),
-        tasks=eval_settings(config),
     script:
         "../scripts/task_eval.py"
 

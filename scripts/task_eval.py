@@ -15,7 +15,6 @@ print(
         sm.params.spec,
         sm.input.keep,
         sm.params.model,
-        sm.params.tasks,
         sm.output.results,
         sm.output.cost,
     )

@@ -12,8 +12,6 @@ print(
         sm.params.spec,
         list(sm.input.importance),
         sm.params.model,
-        sm.params.postprocess,
-        sm.params.imported,
         sm.output.keep,
     )
 )

@@ -8,6 +8,9 @@ point (method, order, fraction, random seed).
 - Evaluation keys hash the keep-mask key, the model and the evaluation settings (tasks and the checksums of their
   local files, limit, MC-ELBO and sampler settings). Adding a fraction therefore adds points and changes no
   existing key.
+- Specs are self-contained: a mask spec names its importance source, a point spec its evaluation settings and
+  task files, so the rules read nothing else from the config and the plans of several configs (a sweep's points)
+  merge into one table of jobs; points shared by configs (unpruned, random, an unchanged method) have one key.
 
 A method's importance for pruning is the mean over the run's seeds of its mean post-processed importance
 (:func:`headattr.aggregate.importance_matrix`, higher = more important); an imported file's is its own scores.
@@ -52,8 +55,11 @@ def _fraction_label(fraction: float) -> str:
 def task_plan(config: dict, root: Path | str = ".") -> dict:
     """{"masks": {mask_key: spec}, "points": {eval_key: spec}} of the run (empty when no tasks are configured).
 
-    A mask spec has method, order, fraction, seed (None for ranked orders) and the settings keep_mask needs; a point
-    spec adds mask (its mask key). The ``unpruned`` point (fraction 0) has method and order ``none``."""
+    A mask spec has method, order, fraction, seed (None for ranked orders), the settings keep_mask needs, ``source``
+    (the ranked method's name, else None) and ``importance`` (what :func:`importance_sources` gives for it, else
+    None); a point spec has method, order, fraction, seed, ``mask`` (its mask key), ``eval``
+    (:func:`eval_settings`) and ``files`` (the local task files it reads). The ``unpruned`` point (fraction 0) has
+    method and order ``none``."""
     if not enabled(config):
         return {"masks": {}, "points": {}}
     t = config["validation"]["tasks"]
@@ -79,11 +85,32 @@ def task_plan(config: dict, root: Path | str = ".") -> dict:
                 spec = {"method": "random", "order": "random", "fraction": fraction, "seed": seed}
                 specs.append((spec, f"random-r{seed}-{f_label}", {**spec, **common, "m": model}))
     masks, points = {}, {}
+    run = {"eval": eval_settings(config), "files": [str(p) for p in resolved["files"]]}
     for spec, label, params in specs:
         mask_key = stage_key(label, params)
-        masks[mask_key] = {**spec, **common, "source": spec["method"] if spec["order"] in RANKED else None}
-        points[stage_key(label, {"mask": mask_key, "eval": evaluation})] = {**spec, "mask": mask_key}
+        ranked = spec["order"] in RANKED
+        masks[mask_key] = {
+            **spec,
+            **common,
+            "source": spec["method"] if ranked else None,
+            "importance": sources[spec["method"]] if ranked else None,
+        }
+        points[stage_key(label, {"mask": mask_key, "eval": evaluation})] = {**spec, "mask": mask_key, **run}
     return {"masks": masks, "points": points}
+
+
+def merged_plans(plans) -> dict:
+    """One {"masks", "points"} table of the jobs of several task plans (equal keys are the same job)."""
+    return {part: {k: v for plan in plans for k, v in plan[part].items()} for part in ("masks", "points")}
+
+
+def importance_inputs(spec: dict, dump_path) -> list[str]:
+    """The files a mask spec's keep-mask reads: its imported file, or the dumps (all seeds) of its method
+    (``dump_path(ig_key)``); none for random and unpruned masks."""
+    source = spec["importance"]
+    if source is None:
+        return []
+    return [source["file"]] if "file" in source else [dump_path(k) for k in source["ig"]]
 
 
 def method_importance(dump_paths, postprocess: str) -> np.ndarray:
@@ -186,18 +213,11 @@ def eval_settings(config: dict) -> dict:
     return {k: t[k] for k in ("tasks", *EVAL_SETTINGS)}
 
 
-def task_files(config: dict, root: Path | str = ".") -> list[str]:
-    """The local task YAML and data files (inputs of every evaluation job)."""
-    if not enabled(config):
-        return []
-    return [str(p) for p in resolve_tasks(config["validation"]["tasks"]["tasks"], root)["files"]]
-
-
 # ----- stages (thin scripts call these) -----------------------------------------------------------------------
 
 
-def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, postprocess: str, imported: dict, out) -> dict:
-    """Write one point's keep-mask (.npy, bool [L, H], no pickle)."""
+def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, out) -> dict:
+    """Write one point's keep-mask (.npy, bool [L, H], no pickle) from the files :func:`importance_inputs` names."""
     from ..dumps import write_npy
     from ..errors import ConfigError
     from ..exports import load_importance_file, model_shape
@@ -205,19 +225,20 @@ def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, postprocess: s
     shape = model_shape(model_cfg["path"])
     if shape is None:
         raise ConfigError(f"model.path: {model_cfg['path']!r} has no config.json with layer and head counts")
-    importance = None
-    if spec["source"] in imported:
+    importance, source = None, spec["importance"]
+    if source is not None and "file" in source:
         key = f"compare.importance_files.{spec['source']}"
         importance = load_importance_file(importance_paths[0], *shape, key)
-    elif spec["source"] is not None:
-        importance = method_importance(importance_paths, postprocess)
+    elif source is not None:
+        importance = method_importance(importance_paths, source["postprocess"])
     keep = build_keep_mask(spec, shape, importance)
     write_npy(out, keep)
     return {"pruned": int((~keep).sum()), "shape": list(shape)}
 
 
-def eval_stage(spec: dict, keep_path, model_cfg: dict, t: dict, results_out, cost_out) -> dict:
-    """Evaluate one keep-mask on every configured task; tidy rows to ``results_out``, cost to ``cost_out``."""
+def eval_stage(spec: dict, keep_path, model_cfg: dict, results_out, cost_out) -> dict:
+    """Evaluate one keep-mask on the tasks of its point spec (``spec["eval"]``); tidy rows to ``results_out``, cost
+    to ``cost_out``."""
     import os
 
     import pandas as pd
@@ -229,6 +250,7 @@ def eval_stage(spec: dict, keep_path, model_cfg: dict, t: dict, results_out, cos
     from .tasks import task_manager
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    t = spec["eval"]
     resolved = resolve_tasks(t["tasks"])
     start = time.perf_counter()
     lm = HeadAttrLM(**lm_arguments(model_cfg, t))
