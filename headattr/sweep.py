@@ -20,11 +20,12 @@ FIXED_SECTIONS = ("run", "results_dir", "sweep", "model", "demo_model", "shard")
 
 @dataclass(frozen=True)
 class Point:
-    """One sweep point: its name, its value per axis (in axis order) and its validated config."""
+    """One sweep point: its name, its value and the value's label per axis (in axis order), its validated config."""
 
     name: str
     values: dict
     config: dict
+    labels: dict
 
 
 def value_label(value) -> str:
@@ -32,6 +33,11 @@ def value_label(value) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"))
+
+
+def axis_labels(axis: dict) -> list[str]:
+    """The names of an axis's values: its ``labels``, else each value as :func:`value_label` writes it."""
+    return list(axis.get("labels") or [value_label(v) for v in axis["values"]])
 
 
 def _get(config: dict, dotted: str):
@@ -67,9 +73,11 @@ def check_axes(config: dict) -> dict:
             raise ConfigError(f"{where}.key: {key!r} is not a config key") from None
         if len(values) < 2:
             raise ConfigError(f"{where}.values: an axis needs at least two values, got {values!r}")
-        labels = [value_label(v) for v in values]
-        if len(set(labels)) != len(labels):
+        if len({value_label(v) for v in values}) != len(values):
             raise ConfigError(f"{where}.values: repeated values {values!r}")
+        labels = axis_labels(axis)
+        if len(labels) != len(values) or len(set(labels)) != len(labels):
+            raise ConfigError(f"{where}.labels: {labels!r} must be distinct, one per value ({len(values)} values)")
         axes[name] = (key, values)
     if len({key for key, _ in axes.values()}) != len(axes):
         raise ConfigError("sweep.axes: two axes set the same config key")
@@ -79,8 +87,8 @@ def check_axes(config: dict) -> dict:
     return axes
 
 
-def point_name(values: dict) -> str:
-    return ",".join(f"{axis}={value_label(v)}" for axis, v in values.items())
+def point_name(labels: dict) -> str:
+    return ",".join(f"{axis}={label}" for axis, label in labels.items())
 
 
 def sweep_points(config: dict, validate) -> list[Point]:
@@ -90,14 +98,13 @@ def sweep_points(config: dict, validate) -> list[Point]:
         return []
     axes = check_axes(config)
     names = list(axes)
-    combos = (
-        itertools.product(*(v for _, v in axes.values()))
-        if config["sweep"]["mode"] == "grid"
-        else zip(*(v for _, v in axes.values()), strict=True)
-    )
+    indices = [range(len(v)) for _, v in axes.values()]
+    combos = itertools.product(*indices) if config["sweep"]["mode"] == "grid" else zip(*indices, strict=True)
+    labels_of = {n: axis_labels(config["sweep"]["axes"][n]) for n in names}
     points = []
     for combo in combos:
-        values = dict(zip(names, combo, strict=True))
+        values = {n: axes[n][1][i] for n, i in zip(names, combo, strict=True)}
+        labels = {n: labels_of[n][i] for n, i in zip(names, combo, strict=True)}
         point = copy.deepcopy(config)
         point["sweep"] = {}
         for name, value in values.items():
@@ -107,21 +114,26 @@ def sweep_points(config: dict, validate) -> list[Point]:
         except ConfigError as exc:
             bad = ", ".join(f"sweep.axes.{n} ({axes[n][0]}={value_label(v)!s})" for n, v in values.items())
             raise ConfigError(f"sweep point {bad}: {exc}") from None
-        points.append(Point(point_name(values), values, point))
+        points.append(Point(point_name(labels), values, point, labels))
     reference_point(config, points)
     return points
 
 
 def reference_point(config: dict, points: list[Point]) -> Point:
-    """The point named by ``sweep.reference`` ({axis: value}; axes left out take their first value)."""
+    """The point named by ``sweep.reference`` ({axis: value or its label}; axes left out take their first value)."""
     axes = config["sweep"]["axes"]
     given = config["sweep"]["reference"] or {}
     unknown = sorted(set(given) - set(axes))
     if unknown:
         raise ConfigError(f"sweep.reference: {unknown} are not axes of the sweep ({sorted(axes)})")
-    want = {n: value_label(given[n]) if n in given else value_label(a["values"][0]) for n, a in axes.items()}
+
+    def matches(point: Point, axis: str) -> bool:
+        if axis not in given:
+            return point.labels[axis] == axis_labels(axes[axis])[0]
+        return value_label(point.values[axis]) == value_label(given[axis]) or point.labels[axis] == given[axis]
+
     for point in points:
-        if {n: value_label(v) for n, v in point.values.items()} == want:
+        if all(matches(point, axis) for axis in axes):
             return point
     raise ConfigError(f"sweep.reference: {given!r} is not a point of the sweep")
 
@@ -159,7 +171,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "label": point.name if len(methods) == 1 else f"{point.name}|{method}",
                     "point": point.name,
                     "method": method,
-                    "values": {n: value_label(v) for n, v in point.values.items()},
+                    "values": dict(point.labels),
                     "ig": by_method[method],
                     "benchmarks": benchmarks[method],
                     "manifests": manifests[method],
@@ -178,7 +190,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     axes = {
         name: {
             "key": axis["key"],
-            "values": [value_label(v) for v in axis["values"]],
+            "values": axis_labels(axis),
             "numeric": all(isinstance(v, int | float) and not isinstance(v, bool) for v in axis["values"]),
             "order": [float(v) if isinstance(v, int | float) else None for v in axis["values"]],
         }

@@ -29,8 +29,12 @@ def tiny_config(tmp_path, monkeypatch):
 
 
 def points_of(config, axes, **sweep):
+    """Validated config and points of ``axes`` {name: (key, values[, labels])}."""
     cfg = copy.deepcopy(config)
-    cfg["sweep"] = {"axes": {n: {"key": k, "values": v} for n, (k, v) in axes.items()}, **sweep}
+    cfg["sweep"] = {
+        "axes": {n: {"key": a[0], "values": a[1]} | ({"labels": a[2]} if len(a) > 2 else {}) for n, a in axes.items()},
+        **sweep,
+    }
     validate_config(cfg)
     return cfg, sweep_points(cfg, validate_config)
 
@@ -47,6 +51,8 @@ def points_of(config, axes, **sweep):
         ({"K": ("ig.steps", [2, 4])}, {"reference": {"K": 8}}, "sweep.reference: {'K': 8} is not a point"),
         ({"K": ("ig.steps", [2, 4])}, {"reference": {"X": 2}}, "sweep.reference: ['X'] are not axes"),
         ({"P": ("ig.methods", [["joint"], ["nope"]])}, {}, 'ig.methods=["nope"]'),
+        ({"K": ("ig.steps", [2, 4], ["two"])}, {}, "sweep.axes.K.labels: ['two'] must be distinct, one per value"),
+        ({"K": ("ig.steps", [2, 4], ["a", "a"])}, {}, "sweep.axes.K.labels: ['a', 'a'] must be distinct"),
     ],
 )
 def test_sweep_config_errors_name_the_key(tiny_config, axes, sweep, message):
@@ -194,6 +200,21 @@ def test_sweep_plan_entities_and_key(tiny_config):
     assert json.loads(json.dumps(plan)) == plan
     cfg2, points2 = points_of(tiny_config, {"K": ("ig.steps", [2, 4, 8]), "P": ("ig.methods", [["joint"], ["stp"]])})
     assert sweep_plan(cfg2, points2)["key"] != plan["key"]
+
+
+def test_labels_name_the_points_and_leave_artifact_keys_alone(tiny_config):
+    axes = {"K": ("ig.steps", [2, 4]), "B": ("ig.baseline", [0.0, 0.3])}
+    cfg, plain = points_of(tiny_config, axes, reference={"K": 4})
+    labelled_axes = {"K": ("ig.steps", [2, 4], ["coarse", "fine"]), "B": ("ig.baseline", [0.0, 0.3])}
+    cfg_l, labelled = points_of(tiny_config, labelled_axes, reference={"K": "fine"})
+    assert [p.name for p in labelled] == ["K=coarse,B=0.0", "K=coarse,B=0.3", "K=fine,B=0.0", "K=fine,B=0.3"]
+    assert [p.values for p in labelled] == [p.values for p in plain]
+    assert [units(p.config)[0].keys for p in labelled] == [units(p.config)[0].keys for p in plain]
+    plan = sweep_plan(cfg_l, labelled)
+    assert plan["reference"] == "K=fine,B=0.0" == sweep_plan(cfg, plain)["reference"].replace("K=4", "K=fine")
+    assert plan["axes"]["K"]["values"] == ["coarse", "fine"] and plan["entities"][0]["values"]["K"] == "coarse"
+    cfg_l["sweep"]["reference"] = {"K": 4}  # the value itself still names the reference
+    assert sweep_plan(cfg_l, labelled)["reference"] == "K=fine,B=0.0"
 
 
 def materialize(root):
