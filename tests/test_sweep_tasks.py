@@ -10,7 +10,7 @@ import pytest
 import yaml
 from helpers import job_stats
 from scipy import stats as sps
-from test_task_validation import load_config, snakemake, tiny_task_project
+from test_task_validation import jobs_after_edit, load_config, snakemake, tiny_task_project
 
 from headattr.evaluation.protocol import merged_plans, task_plan
 from headattr.evaluation.summary import COLUMNS
@@ -90,28 +90,17 @@ def write_results(root, values):
 
 
 def test_task_aopc_table_equals_hand_computation(tmp_path):
+    shared = {  # unpruned and random curves: the same evaluations at every point
+        ("none", "none", None): {0.0: 0.9},
+        ("random", "random", 0): {0.25: 0.7, 0.5: 0.5},
+        ("random", "random", 1): {0.25: 0.5, 0.5: 0.3},
+    }
+    ranked = {"A": ((0.3, 0.1), (0.9, 0.8)), "B": ((0.6, 0.2), (0.86, 0.88)), "C": ((0.8, 0.6), (0.5, 0.4))}
     curves = {
-        "A": {
-            ("none", "none", None): {0.0: 0.9},
-            ("m", "most", None): {0.25: 0.3, 0.5: 0.1},
-            ("m", "least", None): {0.25: 0.9, 0.5: 0.8},
-            ("random", "random", 0): {0.25: 0.7, 0.5: 0.5},
-            ("random", "random", 1): {0.25: 0.5, 0.5: 0.3},
-        },
-        "B": {
-            ("none", "none", None): {0.0: 0.9},
-            ("m", "most", None): {0.25: 0.6, 0.5: 0.2},
-            ("m", "least", None): {0.25: 0.86, 0.5: 0.88},
-            ("random", "random", 0): {0.25: 0.7, 0.5: 0.5},
-            ("random", "random", 1): {0.25: 0.5, 0.5: 0.3},
-        },
-        "C": {
-            ("none", "none", None): {0.0: 0.9},
-            ("m", "most", None): {0.25: 0.8, 0.5: 0.6},
-            ("m", "least", None): {0.25: 0.5, 0.5: 0.4},
-            ("random", "random", 0): {0.25: 0.7, 0.5: 0.5},
-            ("random", "random", 1): {0.25: 0.5, 0.5: 0.3},
-        },
+        point: shared
+        | {("m", "most", None): {0.25: most[0], 0.5: most[1]}}
+        | {("m", "least", None): {0.25: least[0], 0.5: least[1]}}
+        for point, (most, least) in ranked.items()
     }
     files, rows = write_results(tmp_path, curves)
     heldout = pd.DataFrame(
@@ -197,15 +186,6 @@ def test_sweep_runs_each_task_evaluation_once_and_tables_match_the_results(swept
 @pytest.mark.slow
 def test_adding_a_sweep_value_evaluates_only_the_new_points_ranked_masks(swept_task_run):
     root, _ = swept_task_run
-    config_path = root / "config.yaml"
-    original = config_path.read_text()
-    cfg = yaml.safe_load(original)
-    cfg["sweep"]["axes"]["K"]["values"] = [2, 4, 8]
-    config_path.write_text(yaml.safe_dump(cfg))
-    try:
-        result = snakemake(root, "-n")
-        jobs = job_stats(result.stdout + "\n" + result.stderr)
-    finally:
-        config_path.write_text(original)
+    jobs = jobs_after_edit(root, lambda cfg: cfg["sweep"]["axes"]["K"].update(values=[2, 4, 8]))
     new_point = {"attribute": 1, "aggregate": 1, "validate_pruning": 1, "task_keepmask": 2, "task_eval": 2}
     assert jobs == new_point | {"sweep_stability": 1, "sweep_report": 1, "all": 1}, jobs

@@ -40,6 +40,20 @@ def snakemake(cwd, *args, timeout=900):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
 
 
+def jobs_after_edit(root, edit) -> dict:
+    """Job counts of a dry run with the project's config changed by ``edit(cfg)`` (restored afterwards)."""
+    config_path = Path(root) / "config.yaml"
+    original = config_path.read_text()
+    cfg = yaml.safe_load(original)
+    edit(cfg)
+    config_path.write_text(yaml.safe_dump(cfg))
+    try:
+        result = snakemake(root, "-n")
+        return job_stats(result.stdout + "\n" + result.stderr)
+    finally:
+        config_path.write_text(original)
+
+
 def tiny_task_project(root, fractions=(0.0, 0.25), task_entry="tasks/tiny_mc.yaml", **tasks):
     """The tiny workflow project plus a 6-item multiple-choice task over its vocabulary (data path relative to the
     project root, as lm-eval reads it from the working directory)."""
@@ -255,15 +269,6 @@ def test_task_validation_csv_equals_a_direct_evaluation(tiny_task_run):
 
 @pytest.mark.slow
 def test_adding_a_fraction_reruns_only_that_point_and_the_report(tiny_task_run):
-    config_path = tiny_task_run / "config.yaml"
-    original = config_path.read_text()
-    cfg = yaml.safe_load(original)
-    cfg["validation"]["tasks"]["fractions"] = [0.0, 0.25, 0.5]
-    config_path.write_text(yaml.safe_dump(cfg))
-    try:
-        result = snakemake(tiny_task_run, "-n")
-        jobs = job_stats(result.stdout + "\n" + result.stderr)
-    finally:
-        config_path.write_text(original)
+    jobs = jobs_after_edit(tiny_task_run, lambda cfg: cfg["validation"]["tasks"].update(fractions=[0.0, 0.25, 0.5]))
     # the new fraction: per_layer most + least and 2 random seeds; then the table and the report
     assert jobs == {"task_keepmask": 4, "task_eval": 4, "task_validation": 1, "report": 1, "all": 1}, jobs
