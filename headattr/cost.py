@@ -186,10 +186,13 @@ class PassCounts:
         grad: bool,
         replayed: bool = False,
         extra_forward: float = 0.0,
+        param_grads: bool = False,
     ) -> None:
         """Count one model call of ``rows`` rows of ``seq_len`` tokens through ``layers`` layers, ``n_scored``
         scored positions in all (logits computed there); ``replayed``: its first layer's attention came from the
-        prefix cache; ``extra_forward``: FLOPs on top (a capture pass's last attention)."""
+        prefix cache; ``extra_forward``: FLOPs on top (a capture pass's last attention); ``param_grads``: the
+        backward also computes parameter gradients (a plain loop's, not the engine's), so it runs every layer
+        whole."""
         self.passes += 1
         self.layer_calls += layers * (2 if grad else 1)
         self.grad_rows += rows if grad else 0
@@ -199,8 +202,8 @@ class PassCounts:
         if dims is None:
             self.flops_forward = self.flops_backward = float("nan")
             return
-        back = layers - 1 + backward_tail(dims, seq_len) if layers else 0.0
-        cost = row_flops(dims, seq_len, layers, n_scored / max(rows, 1), grad, backward_layers=back)
+        back = layers - 1 + backward_tail(dims, seq_len) if layers and not param_grads else None
+        cost = row_flops(dims, seq_len, layers, n_scored / max(rows, 1), grad, param_grads, back)
         skipped = attention_part(dims, seq_len) if replayed else 0.0
         self.flops_forward += rows * (cost.forward - skipped) + extra_forward
         self.flops_backward += rows * cost.backward
@@ -230,7 +233,9 @@ def ig_cost(
     attention_cache: bool = True,
     rows_per_pass: int = 16,
 ) -> dict:
-    """Row-passes and FLOPs of an IG run (see the module docstring for the model).
+    """Row-passes and FLOPs of an IG run (see the module docstring for the model), counted with
+    :meth:`PassCounts.add` call by call as the engine chunks its rows (``rows_per_pass``), so the estimate and the
+    engine's own :attr:`~headattr.engine.GateEngine.counts` use one definition of every count.
 
     ``scored_fraction`` is the mean share of positions scored (the mean mask probability); ``full_logits``,
     ``param_grads``, ``end_losses=False`` and ``shared_rows=False`` describe a plain loop that computes every
@@ -244,54 +249,41 @@ def ig_cost(
         raise ValueError(f"method {method!r} is not one of {METHODS}")
     n_layers = dims.n_layers
     s = seq_len if full_logits else scored_fraction * seq_len
-    # The moving layer's q/k/v and attention need no backward when its input is cached (fraction of a layer).
-    attention = attention_part(dims, seq_len)
-    tail = backward_tail(dims, seq_len)
     replay = bool(attention_cache and prefix_cache and method == "per_layer")
-    grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd, calls = 0, 0, 0.0, 0.0, 0.0, 0.0, 0
+    counts = PassCounts()
 
-    def add(rows: int, layers: int, grad: bool, back_layers: float | None = None, replayed: bool = False):
-        nonlocal grad_rows, loss_rows, layer_fwd, layer_bwd, fwd, bwd, calls
-        calls += -(-rows // rows_per_pass) * layers * (2 if grad else 1)
-        back_layers = None if param_grads else back_layers  # parameter gradients need every layer's backward
-        cost = row_flops(dims, seq_len, layers, s, grad, param_grads, back_layers)
-        grad_rows += rows if grad else 0
-        loss_rows += 0 if grad else rows
-        layer_fwd += rows * layers
-        layer_bwd += rows * ((layers if back_layers is None else back_layers) if grad else 0)
-        fwd += rows * (cost.forward - (attention if replayed else 0.0))
-        bwd += rows * cost.backward
+    def add(rows: int, layers: int, grad: bool, replayed: bool = False, scored: float = s, extra: float = 0.0):
+        """Count ``rows`` rows as the engine runs them: model calls of at most ``rows_per_pass`` rows."""
+        for lo in range(0, rows, rows_per_pass):
+            n = min(rows_per_pass, rows - lo)
+            counts.add(dims, seq_len, n, layers, scored * n, grad, replayed, extra * n, param_grads)
 
     at_one = int(shared_rows and rule in ("riemann_right", "trapezoid"))  # a node at t = 1
     at_zero = int(shared_rows and rule in ("riemann_left", "trapezoid"))  # a node at t = 0
     if method != "per_layer":
-        add(n_p * steps, n_layers, True, n_layers - 1 + tail)
+        add(n_p * steps, n_layers, True)
         if end_losses:
             add(n_p * (2 - at_one - at_zero), n_layers, False)
     elif prefix_cache:
         for layer in range(n_layers):
             replayed = replay and layer > 0
-            add(n_p * (steps - at_one), n_layers - layer, True, n_layers - layer - 1 + tail, replayed)
+            add(n_p * (steps - at_one), n_layers - layer, True, replayed)
             if end_losses:
-                add(n_p * (1 - at_zero), n_layers - layer, False, replayed=replayed)
-        add(n_p * at_one, n_layers, True, n_layers - 1 + tail)
+                add(n_p * (1 - at_zero), n_layers - layer, False, replayed)
+        add(n_p * at_one, n_layers, True)
         if end_losses:
             add(n_p * (1 - at_one), n_layers, False)
-        if n_layers > 1:
-            prefix = row_flops(dims, seq_len, n_layers - 1, 0, False)
-            loss_rows += n_p
-            layer_fwd += n_p * (n_layers - 1)
-            calls += -(-n_p // rows_per_pass) * (n_layers - 1)
-            fwd += n_p * (prefix.forward + (attention if replay else 0.0))
+        if n_layers > 1:  # the capture pass: all on through L - 1 layers, plus the last layer's attention
+            add(n_p, n_layers - 1, False, scored=0.0, extra=attention_part(dims, seq_len) if replay else 0.0)
     else:  # every path's rows run from layer 0, one group per path (as the engine chunks them)
         for _ in range(n_layers):
-            add(n_p * (steps - at_one), n_layers, True, n_layers - 1 + tail)
+            add(n_p * (steps - at_one), n_layers, True)
             if end_losses:
                 add(n_p * (1 - at_zero), n_layers, False)
-        add(n_p * at_one, n_layers, True, n_layers - 1 + tail)
+        add(n_p * at_one, n_layers, True)
         if end_losses:
             add(n_p * (1 - at_one), n_layers, False)
-    scale = n_samples
+    totals = {name: value * n_samples for name, value in counts.as_dict().items()}
     return {
         "method": method,
         "prefix_cache": bool(prefix_cache and method == "per_layer"),
@@ -300,14 +292,7 @@ def ig_cost(
         "n_p": n_p,
         "steps": steps,
         "rule": rule,
-        "grad_rows": grad_rows * scale,
-        "loss_rows": loss_rows * scale,
-        "layer_forwards": layer_fwd * scale,
-        "layer_backwards": layer_bwd * scale,
-        "flops_forward": fwd * scale,
-        "flops_backward": bwd * scale,
-        "flops": (fwd + bwd) * scale,
-        "layer_calls": calls * scale,
+        **totals,
         "dims": asdict(dims),
     }
 

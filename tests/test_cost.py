@@ -194,7 +194,8 @@ def test_engine_counts_per_layer_equal_the_formulas(prefix_cache):
     mean_scored = float(np.mean(scored.n_scored))
     dims = ModelDims.from_config(model.config)
     est = ig_cost(dims, t, 1, n_p, steps, "per_layer", prefix_cache, mean_scored / t, rows_per_pass=5)
-    assert (est["grad_rows"], est["loss_rows"], est["layer_forwards"]) == (c.grad_rows, c.loss_rows, c.layer_forwards)
+    keys = ("grad_rows", "loss_rows", "layer_forwards", "layer_backwards", "passes")
+    assert tuple(est[k] for k in keys) == tuple(getattr(c, k) for k in keys)
     if prefix_cache:  # chunks of 5, layers l..2 for l = 0, 1, 2 (3 + 2 + 1 = 6): per l 9 gradient rows (2 chunks,
         # forward and backward) and 3 baseline rows (1 chunk); 3 all-on gradient rows (3 layers); capture (2 layers)
         assert c.layer_calls == 2 * 2 * 6 + 6 + 2 * 3 + 2 == 38
@@ -221,6 +222,7 @@ def test_engine_counts_joint_and_passes():
         rows_per_pass=4,
     )
     assert c.flops == pytest.approx(est["flops"]) and est["layer_calls"] == c.layer_calls == 2 * 3 * 2
+    assert (est["layer_backwards"], est["passes"]) == (c.layer_backwards, c.passes)
 
 
 def test_cpu_estimate_adds_the_per_layer_call_overhead():
