@@ -5,8 +5,8 @@
     python bench/bench_ig.py --size tiny --completeness 1e-3   # time to completeness <= 1e-3 (plain vs engine)
 
 Implementations (all give the same attributions; checked to ``--rtol`` of the largest |attribution|):
-- ``engine``: :class:`headattr.engine.GateEngine` + :func:`headattr.methods.ig.integrated_gradients`, rows per
-  pass from the memory-budget chooser, prefix caching and attention replay on, as the workflow runs it: shared
+- ``engine``: :class:`headattr.engine.gate_engine.GateEngine` + :func:`headattr.methods.ig.integrated_gradients`,
+  rows per pass from the memory-budget chooser, prefix caching and attention replay on, as the workflow runs it: shared
   rows once, plus the path-start losses of the completeness check, which the others do not compute;
   ``engine-igonly``: the same without those extra forward rows (the like-for-like comparison: IG only);
   ``engine-noprefix``: prefix caching off;
@@ -27,7 +27,7 @@ doubled steps until it gets there (plus the path-start losses it needs to check)
 best rule (``gauss_legendre`` under :func:`headattr.methods.adaptive.adaptive_integrated_gradients`, steps
 doubled per path); one run, side by side, ratio printed.
 
-FLOPs are derived from the model config by :mod:`headattr.cost` for what each implementation executes
+FLOPs are derived from the model config by :mod:`headattr.engine.cost` for what each implementation executes
 (layer forward 2 x matmul-params x T + 4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls
 with frozen parameters, 2x with parameter gradients, attention backward 2x its forward). Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated`` above the start; on CPU the peak resident set size above the start, sampled
@@ -54,9 +54,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headattr.cost import ModelDims, choose_rows, ig_cost, row_bytes  # noqa: E402
 from headattr.data.samples import Sample  # noqa: E402
-from headattr.engine import GateEngine, default_memory_budget  # noqa: E402
+from headattr.engine.cost import ModelDims, choose_rows, ig_cost, row_bytes  # noqa: E402
+from headattr.engine.gate_engine import GateEngine, default_memory_budget  # noqa: E402
 from headattr.methods.adaptive import DEFAULT_GAP_FLOOR, adaptive_integrated_gradients, relative_gap  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.paths import make_paths  # noqa: E402

@@ -1,11 +1,11 @@
-"""Calibrate the CPU wall-time estimate of :mod:`headattr.cost`: FLOP rate plus a fixed cost per layer call.
+"""Calibrate the CPU wall-time estimate of :mod:`headattr.engine.cost`: FLOP rate plus a fixed cost per layer call.
 
     nice -n 10 python bench/calibrate_cost.py            # 2 torch threads, the cpu-2core class
 
 Runs one short per-layer IG job (1 sample, 1 mask probability, 2 riemann_right steps, 16 rows per pass) on
 randomly initialised BERT MLMs of a few shapes, times it, and fits ``seconds = flops / R + layer_calls * c`` by
 least squares (R FLOP/s sustained, c seconds per layer execution of a model call; FLOPs and layer calls as the
-engine counted them, which equal :func:`headattr.cost.ig_cost`, tests/test_cost.py). Prints per shape the
+engine counted them, which equal :func:`headattr.engine.cost.ig_cost`, tests/test_cost.py). Prints per shape the
 FLOPs-only prediction at ``DEVICE_FLOPS['cpu-2core']``, the fitted prediction, the prediction of the model
 fitted without that shape (leave-one-out) and the measured seconds.
 """
@@ -24,9 +24,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from helpers import random_ids  # noqa: E402
 from transformers import BertConfig, BertForMaskedLM  # noqa: E402
 
-from headattr.cost import DEVICE_FLOPS  # noqa: E402
 from headattr.data.samples import Sample  # noqa: E402
-from headattr.engine import GateEngine  # noqa: E402
+from headattr.engine.cost import DEVICE_FLOPS  # noqa: E402
+from headattr.engine.gate_engine import GateEngine  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.paths import make_paths  # noqa: E402
 from headattr.models.adapters import Adapter  # noqa: E402

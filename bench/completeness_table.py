@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import N_HEADS, N_LAYERS, random_ids, tiny_bert  # noqa: E402
 
 from headattr.data.samples import Sample  # noqa: E402
-from headattr.engine import GateEngine  # noqa: E402
+from headattr.engine.gate_engine import GateEngine  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.paths import make_paths  # noqa: E402
 from headattr.methods.quadrature import RULES  # noqa: E402

@@ -20,7 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from helpers import random_ids, tiny_bert  # noqa: E402
 
 from headattr.data.samples import Sample  # noqa: E402
-from headattr.engine import GateEngine  # noqa: E402
+from headattr.engine.gate_engine import GateEngine  # noqa: E402
 from headattr.methods.ig import integrated_gradients  # noqa: E402
 from headattr.methods.stp import stp_layer_paths, stp_paths  # noqa: E402
 from headattr.models.adapters import Adapter  # noqa: E402

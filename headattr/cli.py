@@ -4,7 +4,7 @@
         --steps 8 --mask-probs 0.15 0.5 --out out/ig.npz
 
 or ``headattr attribute --config run.yaml`` with the same keys (flags override the file). Writes the dump
-(``.npz``, see :mod:`headattr.dumps`) and, beside it, the aggregated table ``<out>.heads.csv``.
+(``.npz``, see :mod:`headattr.pipeline.dumps`) and, beside it, the aggregated table ``<out>.heads.csv``.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_estimate(args: argparse.Namespace) -> str:
-    """Print (and return) :func:`headattr.cost.format_estimate` for the model config at ``args.model``."""
-    from .cost import DEVICE_FLOPS, ModelDims, estimate, format_estimate, row_bytes
+    """Print (and return) :func:`headattr.engine.cost.format_estimate` for the model config at ``args.model``."""
+    from .engine.cost import DEVICE_FLOPS, ModelDims, estimate, format_estimate, row_bytes
     from .models.loading import load_config, resolve_dtype
 
     if args.device_class and args.device_class not in DEVICE_FLOPS:
@@ -147,14 +147,14 @@ def resolve_options(args: argparse.Namespace) -> dict:
 
 
 def run_attribute(options: dict) -> Path:
-    from .aggregate import aggregate, completeness_summary
-    from .attribute import AttributionSettings, run_attribution
     from .data.sources import read_table, sample_records, to_records
     from .data.tokenize import tokenize_records
-    from .dumps import save_npz
-    from .engine import GateEngine
+    from .engine.gate_engine import GateEngine
+    from .models.loading import load_adapter
     from .objective.masking import draw_masks
-    from .stages import load_adapter
+    from .pipeline.aggregate import aggregate, completeness_summary
+    from .pipeline.attribute import AttributionSettings, run_attribution
+    from .pipeline.dumps import save_npz
 
     settings = AttributionSettings(
         method=options["method"],

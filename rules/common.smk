@@ -3,20 +3,19 @@
 import sys
 from pathlib import Path
 
-from headattr.checks import check_inputs
-from headattr.workflow import is_weight_file
-from headattr.config import (
+from headattr.pipeline.checks import check_inputs, validate_config
+from headattr.pipeline.workflow import is_weight_file
+from headattr.pipeline.keys import (
     diagnostic_groups,
     dispersion_groups,
     heldout_units,
     heldout_validation,
-    report_key,
     stage_key,
     units,
-    validate_config,
     validation_groups,
 )
-from headattr.sweep import sweep_plan, sweep_points
+from headattr.report.keys import report_key
+from headattr.sweeps.plan import sweep_plan, sweep_points
 from headattr.evaluation.protocol import importance_inputs, merged_plans, task_plan
 from headattr.evaluation.tasks import check_tasks
 

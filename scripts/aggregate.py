@@ -1,11 +1,11 @@
 """Rule aggregate: gather the shards into the dump, then the per-head and completeness tables and the users'
 head_importance.pt / per_sample_ig.pt."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 
-from headattr import stages  # noqa: E402
+from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 print(

@@ -3,13 +3,13 @@
 import os
 import shutil
 
-from headattr.workflow import log_to, write_manifest
+from headattr.pipeline.workflow import log_to, write_manifest
 
 started = log_to(snakemake.log[0])  # noqa: F821
 
 import torch  # noqa: E402
 
-from headattr import stages  # noqa: E402
+from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(max(1, sm.threads))

@@ -1,6 +1,6 @@
 """Rule demo_corpus: rebuild the demo corpus from the installed packages."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 

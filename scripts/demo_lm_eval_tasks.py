@@ -1,6 +1,6 @@
 """Rule demo_lm_eval_tasks: lm-eval task files over the demo tasks' held-out items."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 

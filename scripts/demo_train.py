@@ -2,7 +2,7 @@
 
 import json
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 

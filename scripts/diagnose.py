@@ -1,11 +1,11 @@
 """Rules diagnose_unit / diagnose_seeds / diagnose_methods: diagnostics tables of dumps."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 
-from headattr import diagnostics  # noqa: E402
-from headattr.dumps import load_dump  # noqa: E402
+from headattr.analysis import diagnostics  # noqa: E402
+from headattr.pipeline.dumps import load_dump  # noqa: E402
 
 sm = snakemake  # noqa: F821
 cfg = dict(sm.params.cfg)
@@ -15,7 +15,7 @@ elif sm.rule == "diagnose_seeds":
     dumps = load_dump(sm.input.dump_a), load_dump(sm.input.dump_b)
     tables = diagnostics.seed_diagnostics(*dumps, sm.params.labels, cfg, sm.params.postprocess)
 else:
-    from headattr.exports import load_importance_file
+    from headattr.pipeline.exports import load_importance_file
 
     by_method = dict(zip(sm.params.methods, (load_dump(p) for p in sm.input.dumps), strict=True))
     shape = next(iter(by_method.values()))["ig"].shape[2:]

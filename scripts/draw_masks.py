@@ -1,10 +1,10 @@
 """Rule draw_masks: the masks that every method scores, keyed by (seed, sample id, p, s)."""
 
-from headattr.workflow import log_to, write_manifest
+from headattr.pipeline.workflow import log_to, write_manifest
 
 started = log_to(snakemake.log[0])  # noqa: F821
 
-from headattr import stages  # noqa: E402
+from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 o = sm.params.objective

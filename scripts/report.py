@@ -1,10 +1,10 @@
 """Rule report: the run's report.md, figures and summary.json."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 
-from headattr.report import build_report  # noqa: E402
+from headattr.report.document import build_report  # noqa: E402
 
 sm = snakemake  # noqa: F821
 build_report(

@@ -1,10 +1,10 @@
 """Rule sample_data: every record of the source in the seeded draw order (bad ones flagged or an error)."""
 
-from headattr.workflow import log_to, write_manifest
+from headattr.pipeline.workflow import log_to, write_manifest
 
 started = log_to(snakemake.log[0])  # noqa: F821
 
-from headattr import stages  # noqa: E402
+from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 params = sm.params.slice

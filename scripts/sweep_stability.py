@@ -1,11 +1,11 @@
 """Rule sweep_stability: agreement of the head rankings of every sweep point, as tidy CSVs."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 
-from headattr.diagnostics import write_tables  # noqa: E402
-from headattr.sweep_tables import sweep_tables  # noqa: E402
+from headattr.analysis.diagnostics import write_tables  # noqa: E402
+from headattr.sweeps.tables import sweep_tables  # noqa: E402
 
 sm = snakemake  # noqa: F821
 dumps = dict(zip(sm.params.ig_keys, sm.input.dumps, strict=True))

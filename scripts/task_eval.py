@@ -1,6 +1,6 @@
 """Rule task_eval: lm-eval tasks on the model with one point's keep-mask applied."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 

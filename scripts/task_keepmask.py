@@ -1,6 +1,6 @@
 """Rule task_keepmask: the keep-mask of one task-validation point."""
 
-from headattr.workflow import log_to
+from headattr.pipeline.workflow import log_to
 
 log_to(snakemake.log[0])  # noqa: F821
 

@@ -1,10 +1,10 @@
 """Rule tokenize: the first valid samples of the draw -> token ids with the target region."""
 
-from headattr.workflow import log_to, write_manifest
+from headattr.pipeline.workflow import log_to, write_manifest
 
 started = log_to(snakemake.log[0])  # noqa: F821
 
-from headattr import stages  # noqa: E402
+from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 data, params = sm.params.data, sm.params.slice

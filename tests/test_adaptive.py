@@ -7,14 +7,16 @@ import pytest
 import torch
 from helpers import N_HEADS, N_LAYERS, FunctionEngine, ToyScored, tiny_bert
 
-from headattr.config import check_config, method_settings, validate_config
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError
 from headattr.methods.adaptive import adaptive_integrated_gradients, relative_gap
 from headattr.methods.ig import integrated_gradients
 from headattr.methods.paths import GatePaths, make_paths
 from headattr.models.adapters import Adapter
-from headattr.shards import gather
+from headattr.pipeline.checks import validate_config
+from headattr.pipeline.config import check_config
+from headattr.pipeline.keys import method_settings
+from headattr.pipeline.shards import gather
 
 REPO = Path(__file__).resolve().parents[1]
 COEF = torch.linspace(0.5, 1.5, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)

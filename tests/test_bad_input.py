@@ -14,14 +14,14 @@ import torch
 import yaml
 from helpers import make_tokenizer, tiny_bert, tiny_gpt2, write_tiny_project
 
-from headattr import stages
-from headattr.config import validate_config
 from headattr.data.sources import read_table, to_records
 from headattr.data.tokenize import tokenize_records
-from headattr.dumps import atomic_write, save_npz
 from headattr.errors import ConfigError, DataError
 from headattr.models.adapters import Adapter
 from headattr.models.loading import load_model
+from headattr.pipeline import stages
+from headattr.pipeline.checks import validate_config
+from headattr.pipeline.dumps import atomic_write, save_npz
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from headattr.compute import compute_table, total_line, unit_compute
-from headattr.cost import PassCounts, compute_record
+from headattr.engine.cost import PassCounts, compute_record
+from headattr.report.compute import compute_table, total_line, unit_compute
 
 
 def _manifest(path, counts: PassCounts, wall, n, resumed=0, device="cpu"):

@@ -6,7 +6,7 @@ import torch
 from helpers import tiny_bert
 
 from headattr.cli import main
-from headattr.cost import (
+from headattr.engine.cost import (
     ModelDims,
     choose_rows,
     estimate,
@@ -160,7 +160,7 @@ def _engine_run(method, rule, steps, probs, prefix_cache=True, rows_per_pass=5):
     from helpers import random_ids
 
     from headattr.data.samples import Sample
-    from headattr.engine import GateEngine
+    from headattr.engine.gate_engine import GateEngine
     from headattr.models.adapters import Adapter
     from headattr.objective.loss import build_scored_input
     from headattr.objective.masking import draw_masks
@@ -226,7 +226,7 @@ def test_engine_counts_joint_and_passes():
 
 
 def test_cpu_estimate_adds_the_per_layer_call_overhead():
-    from headattr.cost import DEVICE_FLOPS, LAYER_CALL_SECONDS
+    from headattr.engine.cost import DEVICE_FLOPS, LAYER_CALL_SECONDS
 
     est = estimate(DIMS, T, 3, 1, 2, "per_layer", device_class="cpu-2core", rows_per_pass=16)
     # per sample (K = 2, riemann_right, cached): layer 0's path row (2 layers, forward and backward) 4 + its

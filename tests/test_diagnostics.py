@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headattr import diagnostics
+from headattr.analysis import diagnostics
 
 REPO = Path(__file__).resolve().parents[1]
 L, H, N, P = 6, 5, 12, 2
@@ -96,8 +96,9 @@ def test_tables_round_trip(tmp_path):
 
 
 def test_depth_bins_ranges_are_checked_against_the_model_before_any_rule():
-    from headattr.config import model_n_layers, validate_config
     from headattr.errors import ConfigError
+    from headattr.models.loading import model_n_layers
+    from headattr.pipeline.checks import validate_config
 
     n = model_n_layers(str(REPO / "resources" / "demo" / "model"))  # the default config's model
     ok = validate_config({"diagnostics": {"depth_bins": [[0, 1], [1, n]]}}, REPO)

@@ -58,7 +58,7 @@ def _scored(adapter, lengths, probs=(0.3, 0.7)):
 
     from headattr.data.samples import Sample
     from headattr.objective.masking import draw_masks
-    from headattr.stages import scored_inputs
+    from headattr.pipeline.stages import scored_inputs
 
     samples = [Sample(f"s{i}", random_ids(n, i), 1, n - 1, "x") for i, n in enumerate(lengths)]
     masks = draw_masks(samples, list(probs), "bernoulli", 0, adapter.shift_logits)
@@ -67,7 +67,7 @@ def _scored(adapter, lengths, probs=(0.3, 0.7)):
 
 
 def test_the_pass_gives_closed_form_values_on_planted_uniform_attention():
-    from headattr.attention import head_dispersion
+    from headattr.analysis.dispersion import head_dispersion
     from headattr.models.adapters import Adapter
 
     adapter = Adapter(_planted_uniform_bert(), mask_token_id=4)
@@ -86,7 +86,7 @@ def test_the_pass_gives_closed_form_values_on_planted_uniform_attention():
 def test_the_pass_sees_real_attention_and_refuses_models_without_it():
     from helpers import llada_standin, tiny_bert
 
-    from headattr.attention import head_dispersion
+    from headattr.analysis.dispersion import head_dispersion
     from headattr.errors import ConfigError
     from headattr.models.adapters import Adapter
 

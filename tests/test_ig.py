@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, FunctionEngine, ToyScored, random_ids, tiny_bert
 
 from headattr.data.samples import Sample
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import NonFiniteError
 from headattr.methods.ig import integrated_gradients
 from headattr.methods.paths import make_paths

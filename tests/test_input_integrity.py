@@ -15,25 +15,18 @@ import pytest
 import yaml
 from helpers import make_tokenizer, text_records, tiny_bert, tiny_gpt2, write_tiny_project
 
-from headattr import stages
-from headattr.attribute import AttributionSettings, run_attribution
-from headattr.checks import check_inputs
-from headattr.config import units, validate_config
 from headattr.data.samples import Sample
 from headattr.data.sources import draw_order, read_table, to_records
-from headattr.data.tokenize import (
-    Parts,
-    TokenizeOptions,
-    assemble,
-    encode_pair,
-    select_samples,
-    tokenize_records,
-)
-from headattr.engine import GateEngine
+from headattr.data.tokenize import Parts, TokenizeOptions, assemble, encode_pair, select_samples, tokenize_records
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError, DataError
 from headattr.models.adapters import Adapter
 from headattr.models.loading import load_model
-from headattr.workflow import report_error
+from headattr.pipeline import stages
+from headattr.pipeline.attribute import AttributionSettings, run_attribution
+from headattr.pipeline.checks import check_inputs, validate_config
+from headattr.pipeline.keys import units
+from headattr.pipeline.workflow import report_error
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "resources" / "demo" / "model"
 

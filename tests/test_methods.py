@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, FunctionEngine, ToyScored, random_ids, tiny_bert
 
 from headattr.data.samples import Sample
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError
 from headattr.methods.ablation import leave_one_out
 from headattr.methods.first_order import first_order

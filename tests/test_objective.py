@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, random_ids, tiny_gpt2
 
 from headattr.data.samples import Sample, pack_samples, unpack_samples
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError, DataError
 from headattr.models.adapters import Adapter
 from headattr.objective.loss import build_scored_input

@@ -8,17 +8,17 @@ import pytest
 import torch
 from helpers import N_HEADS, N_LAYERS, make_tokenizer, text_records, tiny_bert
 
-from headattr.aggregate import aggregate, completeness_summary, completeness_table, score_matrix
-from headattr.attribute import AttributionSettings, run_attribution
 from headattr.cli import main
 from headattr.data.sources import read_table, sample_records, to_records
 from headattr.data.tokenize import tokenize_records
-from headattr.dumps import load_dump, save_npz
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError, DataError, DumpError
 from headattr.models.adapters import Adapter
 from headattr.models.loading import load_model, resolve_device
 from headattr.objective.masking import draw_masks
+from headattr.pipeline.aggregate import aggregate, completeness_summary, completeness_table, score_matrix
+from headattr.pipeline.attribute import AttributionSettings, run_attribution
+from headattr.pipeline.dumps import load_dump, save_npz
 
 
 @pytest.fixture(scope="module")

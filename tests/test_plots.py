@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headattr import plots
+from headattr.report.document import plots
 
 
 @pytest.fixture

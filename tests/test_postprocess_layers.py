@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_validation import SignalEngine, _Scored
 
-from headattr import diagnostics
-from headattr.validation import deletion_curves, iterative_deletion_curves
+from headattr.analysis import diagnostics
+from headattr.analysis.deletion import deletion_curves, iterative_deletion_curves
 
 L, H, N, P = 5, 4, 9, 2
 LAYERS = [1, 3]

@@ -6,13 +6,13 @@ import torch
 from helpers import FAMILY_BUILDERS, N_HEADS, N_LAYERS, LLaDAStandIn, random_ids, tiny_bert, tiny_llama
 
 from headattr.data.samples import Sample
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
+from headattr.engine.prefix import LayerStack, PrefixError
 from headattr.methods.ig import integrated_gradients
 from headattr.methods.paths import make_paths
 from headattr.models.adapters import Adapter
 from headattr.objective.loss import build_scored_input
 from headattr.objective.masking import draw_masks
-from headattr.prefix import LayerStack, PrefixError
 
 PROBS = [0.2, 0.5, 0.8]
 
@@ -231,15 +231,15 @@ def test_unverifiable_attention_is_recomputed_not_replayed():
 
 
 def test_cpu_default_budget_depends_on_the_machine_only():
-    from headattr.engine import CPU_BUDGET_CAP, default_memory_budget
+    from headattr.engine.gate_engine import CPU_BUDGET_CAP, default_memory_budget
 
     budgets = {default_memory_budget(torch.device("cpu")) for _ in range(3)}
     assert len(budgets) == 1 and 0 < budgets.pop() <= CPU_BUDGET_CAP
 
 
 def test_workflow_engine_settings():
-    from headattr.config import model_slice
-    from headattr.engine import engine_for
+    from headattr.engine.gate_engine import engine_for
+    from headattr.pipeline.keys import model_slice
 
     adapter = Adapter(tiny_llama(), mask_token_id=4)
     engine = engine_for(adapter, {"autocast": "bfloat16"}, {"rows_per_pass": None, "memory_budget_gib": 0.5})

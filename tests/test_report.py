@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from headattr import diagnostics
-from headattr.aggregate import aggregate, completeness_table
-from headattr.cost import PassCounts, compute_record
-from headattr.dumps import save_npz
-from headattr.report import TEMPLATE, build_report, completeness_digest, data_section
+from headattr.analysis import diagnostics
+from headattr.engine.cost import PassCounts, compute_record
+from headattr.pipeline.aggregate import aggregate, completeness_table
+from headattr.pipeline.dumps import save_npz
+from headattr.report.document import TEMPLATE, build_report, completeness_digest, data_section
 
 L, H, N, P = 3, 4, 7, 2
 CATEGORIES = ["a", "a", "a", "b", "b", "b", "z"]  # z: one sample, left out of Kruskal-Wallis
@@ -131,7 +131,7 @@ def task_csvs(root):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from headattr.validation import deletion_summary
+    from headattr.analysis.deletion import deletion_summary
 
     root = tmp_path_factory.mktemp("report")
     steps = np.full((N, P, L), 8, np.int64)

@@ -8,13 +8,9 @@ import torch
 import torch.nn.functional as F
 from helpers import N_HEADS, N_LAYERS, FunctionEngine, ToyScored, random_ids, tiny_bert
 
-from headattr.aggregate import aggregate, importance_matrix, per_sample_scores
-from headattr.attribute import AttributionSettings, attribute_sample, run_attribution
 from headattr.data.samples import Sample
-from headattr.dumps import load_dump, save_npz
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError
-from headattr.exports import load_importance_file, write_exports
 from headattr.methods.ig import integrated_gradients
 from headattr.methods.paths import make_paths
 from headattr.methods.stp import ThresholdPaths, stp_layer_paths, stp_paths
@@ -22,7 +18,11 @@ from headattr.models.adapters import Adapter
 from headattr.models.gates import gated
 from headattr.objective.loss import build_scored_input
 from headattr.objective.masking import draw_masks, pack_masks
-from headattr.shards import gather
+from headattr.pipeline.aggregate import aggregate, importance_matrix, per_sample_scores
+from headattr.pipeline.attribute import AttributionSettings, attribute_sample, run_attribution
+from headattr.pipeline.dumps import load_dump, save_npz
+from headattr.pipeline.exports import load_importance_file, write_exports
+from headattr.pipeline.shards import gather
 
 COEF = torch.linspace(-1, 1, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
 LIN = torch.linspace(0.5, -0.3, N_LAYERS * N_HEADS, dtype=torch.float64).reshape(N_LAYERS, N_HEADS)
@@ -374,7 +374,7 @@ def test_stp_config_errors_before_any_rule(tmp_path, case):
     import yaml
     from helpers import write_tiny_project
 
-    from headattr.config import validate_config
+    from headattr.pipeline.checks import validate_config
 
     changes, message = STP_CONFIG_CASES[case]
     write_tiny_project(tmp_path, methods=("stp", "stp_layer"), extra=changes)
@@ -391,7 +391,8 @@ def test_stp_config_keys_and_units(tmp_path):
     import yaml
     from helpers import write_tiny_project
 
-    from headattr.config import units, validate_config
+    from headattr.pipeline.checks import validate_config
+    from headattr.pipeline.keys import units
 
     write_tiny_project(tmp_path, methods=("stp", "per_layer"))
     plain = validate_config(yaml.safe_load((tmp_path / "config.yaml").read_text()), tmp_path)
@@ -425,7 +426,7 @@ def test_stp_layer_rows_start_at_their_layer_and_match_the_full_model():
 
 
 def test_imported_rankings_enter_the_method_comparison():
-    from headattr.diagnostics import method_diagnostics
+    from headattr.analysis.diagnostics import method_diagnostics
 
     arrays = {"stp": _toy_dump(4, 0), "joint": _toy_dump(4, 1)}
     theirs = importance_matrix(arrays["stp"], "abs")
@@ -465,7 +466,8 @@ def test_users_config_is_their_default_run():
 
     import yaml
 
-    from headattr.config import units, validate_config
+    from headattr.pipeline.checks import validate_config
+    from headattr.pipeline.keys import units
 
     root = Path(__file__).parents[1]
     config = validate_config(yaml.safe_load((root / "configs" / "users-stp.yaml").read_text()), root)

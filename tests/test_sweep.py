@@ -11,13 +11,14 @@ from helpers import write_tiny_project
 from scipy import stats as sps
 from test_workflow import planned_jobs, snakemake
 
-from headattr.config import units, validate_config
-from headattr.cost import PassCounts, compute_record
-from headattr.dumps import save_npz
+from headattr.engine.cost import PassCounts, compute_record
 from headattr.errors import ConfigError
+from headattr.pipeline.checks import validate_config
+from headattr.pipeline.dumps import save_npz
+from headattr.pipeline.keys import units
 from headattr.stats.stability import converged_at, pair_stability
-from headattr.sweep import sweep_plan, sweep_points
-from headattr.sweep_tables import compute_table, stability_matrix, sweep_tables
+from headattr.sweeps.plan import sweep_plan, sweep_points
+from headattr.sweeps.tables import compute_table, stability_matrix, sweep_tables
 
 
 @pytest.fixture
@@ -285,7 +286,7 @@ def test_intervals_contain_the_estimate_with_the_fisher_fallback():
 
 
 def test_tables_of_a_sweep_without_numeric_axes_read_back(tmp_path):
-    from headattr.diagnostics import read_tables, write_tables
+    from headattr.analysis.diagnostics import read_tables, write_tables
 
     rng = np.random.default_rng(1)
     paths = [fake_dump(tmp_path / f"d{i}.npz", rng.normal(size=(4, 2, 3, 4))) for i in range(2)]

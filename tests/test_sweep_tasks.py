@@ -14,8 +14,8 @@ from test_task_validation import jobs_after_edit, load_config, snakemake, tiny_t
 
 from headattr.evaluation.protocol import merged_plans, task_plan
 from headattr.evaluation.summary import COLUMNS
-from headattr.sweep import sweep_plan, sweep_points
-from headattr.sweep_tables import task_aopc_table, task_proxy_table
+from headattr.sweeps.plan import sweep_plan, sweep_points
+from headattr.sweeps.tables import task_aopc_table, task_proxy_table
 
 
 def sweep_project(root, axes, fractions=(0.0, 0.25)):
@@ -29,7 +29,7 @@ def sweep_project(root, axes, fractions=(0.0, 0.25)):
 
 def planned(root):
     """(validated config, its sweep points, the sweep plan), read from the project root like the Snakefile."""
-    from headattr.config import validate_config
+    from headattr.pipeline.checks import validate_config
 
     config, root = load_config(root / "config.yaml")
     cwd = os.getcwd()

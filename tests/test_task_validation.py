@@ -12,11 +12,12 @@ import pytest
 import yaml
 from helpers import job_stats, write_tiny_project
 
-from headattr.config import report_key, validate_config
 from headattr.errors import ConfigError
 from headattr.evaluation.protocol import build_keep_mask, task_plan
 from headattr.evaluation.summary import curve_summary, drop_ratios, removable_fraction, task_table
 from headattr.evaluation.tasks import check_tasks, resolve_tasks
+from headattr.pipeline.checks import validate_config
+from headattr.report.keys import report_key
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"

@@ -7,9 +7,10 @@ import pytest
 import yaml
 from helpers import text_records, write_tiny_project
 
-from headattr.config import heldout_units, units, validate_config, validation_groups
 from headattr.errors import ConfigError
-from headattr.report import transfer_note
+from headattr.pipeline.checks import validate_config
+from headattr.pipeline.keys import heldout_units, units, validation_groups
+from headattr.report.document import transfer_note
 
 
 @pytest.fixture
@@ -69,8 +70,8 @@ def test_bad_validation_data_fails_before_any_rule(project, data, message):
 def test_transfer_matrix_from_the_sweep_points(tmp_path):
     import pandas as pd
 
-    from headattr.sweep_report import transfer_markdown
-    from headattr.sweep_tables import transfer_table
+    from headattr.sweeps.report import transfer_markdown
+    from headattr.sweeps.tables import transfer_table
 
     pairs = {"p1": ("a", "b"), "p2": ("b", "a"), "p3": ("a", "a"), "p4": ("b", "b")}
     plan = {

@@ -8,22 +8,22 @@ import pytest
 import torch
 from helpers import N_HEADS, N_LAYERS, random_ids, tiny_bert
 
+from headattr.analysis.deletion import (
+    CURVE_COLUMNS,
+    FRACTIONS,
+    deletion_curves,
+    deletion_summary,
+    heads_off,
+    iterative_deletion_curves,
+    reattributor,
+)
 from headattr.data.samples import Sample
-from headattr.engine import GateEngine
+from headattr.engine.gate_engine import GateEngine
 from headattr.methods.ablation import leave_one_out
 from headattr.methods.first_order import first_order
 from headattr.models.adapters import Adapter
 from headattr.objective.loss import build_scored_input
 from headattr.objective.masking import draw_masks
-from headattr.validation import (
-    CURVE_COLUMNS,
-    FRACTIONS,
-    deletion_curves,
-    deletion_summary,
-    iterative_deletion_curves,
-    reattributor,
-)
-from headattr.validation.deletion import heads_off
 
 SIGNAL = (0, 1)  # the head that carries the signal
 N = N_LAYERS * N_HEADS

@@ -24,8 +24,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..analysis.deletion import heads_off, removal_order
 from ..errors import ConfigError
-from ..validation.deletion import heads_off, removal_order
 
 ORDERS = ("most", "least", "random")
 CONVENTIONS = ("global", "per_layer")

@@ -4,7 +4,7 @@ Registered as ``headattr``: ``lm_eval.simple_evaluate(model="headattr", model_ar
 ``import headattr.evaluation.lm``, or on the command line ``headattr-lm-eval --model headattr ...`` (see
 :mod:`headattr.evaluation.__main__`: lm-eval 0.4.x's own CLI cannot import plugins).
 
-The model is loaded by :func:`headattr.stages.load_adapter`; pruned heads have gate 0 on the input of the
+The model is loaded by :func:`headattr.models.loading.load_adapter`; pruned heads have gate 0 on the input of the
 attention output projection (:class:`headattr.models.gates.HeadGates`), which equals zeroing those weight columns.
 :meth:`HeadAttrLM.set_keep_mask` changes the pruning setting without reloading the model.
 
@@ -32,7 +32,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from ..engine import AUTOCAST_DTYPES, GateEngine, _accepts
+from ..engine.gate_engine import AUTOCAST_DTYPES, GateEngine, _accepts
 from ..errors import ConfigError, NonFiniteError
 from ..models.gates import gated
 from .elbo import causal_input_length, causal_scored_input, elbo_scored_input
@@ -173,7 +173,7 @@ class HeadAttrLM(TemplateLM):
         if model is None:
             if not pretrained:
                 raise ConfigError("pretrained: give the model path (model_args pretrained=PATH)")
-            from ..stages import load_adapter
+            from ..models.loading import load_adapter
 
             model, tokenizer, self.adapter = load_adapter(
                 {

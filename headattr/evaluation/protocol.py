@@ -13,7 +13,7 @@ point (method, order, fraction, random seed).
   merge into one table of jobs; points shared by configs (unpruned, random, an unchanged method) have one key.
 
 A method's importance for pruning is the mean over the run's seeds of its mean post-processed importance
-(:func:`headattr.aggregate.importance_matrix`, higher = more important); an imported file's is its own scores.
+(:func:`headattr.pipeline.aggregate.importance_matrix`, higher = more important); an imported file's is its own scores.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import model_slice, stage_key, units
-from ..workflow import sha256_file
+from ..pipeline.keys import model_slice, stage_key, units
+from ..pipeline.workflow import sha256_file
 from .tasks import resolve_tasks
 
 EVAL_SETTINGS = ("limit", "mc_num", "seed", "batch_size", "gen_length", "block_length", "steps")
@@ -115,8 +115,8 @@ def importance_inputs(spec: dict, dump_path) -> list[str]:
 
 def method_importance(dump_paths, postprocess: str) -> np.ndarray:
     """Mean over seeds of each dump's mean post-processed importance [L, H] (higher = more important)."""
-    from ..aggregate import importance_matrix
-    from ..dumps import load_dump
+    from ..pipeline.aggregate import importance_matrix
+    from ..pipeline.dumps import load_dump
 
     return np.mean([importance_matrix(load_dump(p), postprocess) for p in dump_paths], axis=0)
 
@@ -218,9 +218,10 @@ def eval_settings(config: dict) -> dict:
 
 def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, out) -> dict:
     """Write one point's keep-mask (.npy, bool [L, H], no pickle) from the files :func:`importance_inputs` names."""
-    from ..dumps import write_npy
     from ..errors import ConfigError
-    from ..exports import load_importance_file, model_shape
+    from ..models.loading import model_shape
+    from ..pipeline.dumps import write_npy
+    from ..pipeline.exports import load_importance_file
 
     shape = model_shape(model_cfg["path"])
     if shape is None:
@@ -243,8 +244,8 @@ def eval_stage(spec: dict, keep_path, model_cfg: dict, results_out, cost_out) ->
 
     import pandas as pd
 
-    from ..dumps import atomic_write
-    from ..workflow import write_json
+    from ..pipeline.dumps import atomic_write
+    from ..pipeline.workflow import write_json
     from .lm import HeadAttrLM
     from .summary import COLUMNS
     from .tasks import task_manager
@@ -270,7 +271,7 @@ def table_stage(results, costs, keys, table_out, cost_out) -> dict:
 
     import pandas as pd
 
-    from ..dumps import atomic_write
+    from ..pipeline.dumps import atomic_write
     from .summary import COST_COLUMNS, task_table
 
     table = task_table([pd.read_csv(p) for p in results])

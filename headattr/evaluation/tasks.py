@@ -108,8 +108,8 @@ def check_tasks(config: dict, root: Path | str = ".") -> dict | None:
         return None
     layers = config["validation"]["tasks"]["layers"]
     if layers is not None:
-        from ..config import check_layer_range
-        from ..exports import model_shape
+        from ..models.loading import model_shape
+        from ..pipeline.config import check_layer_range
 
         check_layer_range("validation.tasks.layers", layers, model_shape(Path(root) / config["model"]["path"]))
     resolved = resolve_tasks(entries, root)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..engine import clear_prefix, prefix_hint
+from ..engine.gate_engine import clear_prefix, prefix_hint
 from ..objective.loss import ScoredInput
 from .ig import SampleAttribution
 

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from ..engine import GateEngine
+from ..engine.gate_engine import GateEngine
 from ..objective.loss import ScoredInput
 from .ig import SampleAttribution, integrated_gradients
 from .paths import GatePaths

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..engine import GateEngine
+from ..engine.gate_engine import GateEngine
 from ..objective.loss import ScoredInput
 from .paths import GatePaths
 from .quadrature import nodes_and_weights

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..engine import clear_prefix, prefix_hint
+from ..engine.gate_engine import clear_prefix, prefix_hint
 from ..errors import ConfigError
 from ..objective.loss import ScoredInput
 from .ig import SampleAttribution

@@ -4,14 +4,13 @@
 unless the config turns it on; a checkpoint that needs it fails with an error that names the option.
 """
 
-from __future__ import annotations
-
+import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
-from ..checks import HARMLESS_KEYS
 from ..errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -123,3 +122,80 @@ def load_model(
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def model_n_layers(path: str) -> int:
+    """Number of layers from a local checkpoint's config.json (needed to plan layer shards)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"shard.layers: needs a local model.path with a config.json to count layers ({path!r})")
+    cfg = json.loads(config_file.read_text())
+    for key in ("num_hidden_layers", "n_layer", "n_layers"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    raise ConfigError(f"shard.layers: cannot read the number of layers from {config_file}")
+
+
+def model_shape(model_path) -> tuple[int, int] | None:
+    """(n_layers, n_heads) from a local checkpoint's config.json, or None when it cannot be read."""
+    config_file = Path(model_path) / "config.json"
+    if not config_file.is_file():
+        return None
+    cfg = json.loads(config_file.read_text())
+    layers = next((cfg[k] for k in ("num_hidden_layers", "n_layers", "n_layer") if isinstance(cfg.get(k), int)), None)
+    heads = next((cfg[k] for k in ("num_attention_heads", "n_heads", "n_head") if isinstance(cfg.get(k), int)), None)
+    return None if layers is None or heads is None else (layers, heads)
+
+
+HARMLESS_KEYS = re.compile(r"(^|\.)(pooler|seq_relationship)\.|position_ids$|rotary_emb\.inv_freq$")
+"""Checkpoint tensors a masked or causal LM does not use (a base model's pooler, BERT's NSP head, buffers)."""
+
+
+def resolve_mask_id(model_cfg: dict, hf_config, tokenizer, family: str):
+    """(mask id, where it came from): model.mask_token_id, the checkpoint's config, the tokenizer, the family."""
+    from .adapters import FAMILIES
+
+    for value, where in (
+        (model_cfg.get("mask_token_id"), "model.mask_token_id"),
+        (getattr(hf_config, "mask_token_id", None), "the checkpoint's config.json"),
+        (getattr(tokenizer, "mask_token_id", None), "the tokenizer"),
+        (FAMILIES[family].mask_token_id, f"the {family} family default"),
+    ):
+        if isinstance(value, int):
+            return value, where
+    return None, None
+
+
+def model_family_and_shift(model_cfg: dict) -> tuple[str, bool]:
+    """Adapter family and logit shift from the model's config alone (no weights loaded)."""
+    from .adapters import FAMILIES, family_from_config
+
+    family = family_from_config(load_config(model_cfg["path"], model_cfg["trust_remote_code"]), model_cfg["adapter"])
+    return family, FAMILIES[family].shift_logits
+
+
+def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
+    """True when no mask token id is known for the diffusion objective (family default or tokenizer)."""
+    from .adapters import FAMILIES
+
+    family, _ = model_family_and_shift(model_cfg)
+    return FAMILIES[family].mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None
+
+
+def load_adapter(model_cfg: dict):
+    """(model, tokenizer, adapter) from the workflow's ``model`` settings.
+
+    The mask id comes from model.mask_token_id, else the checkpoint's config, the tokenizer, the family."""
+    from .adapters import Adapter
+
+    model, tokenizer = load_model(
+        model_cfg["path"],
+        model_cfg["dtype"],
+        model_cfg["device"],
+        model_cfg["trust_remote_code"],
+        model_cfg.get("attn_implementation"),
+    )
+    family, _ = model_family_and_shift(model_cfg)
+    mask_id, _ = resolve_mask_id(model_cfg, model.config, tokenizer, family)
+    adapter = Adapter(model, model_cfg["adapter"], mask_token_id=mask_id)
+    return model, tokenizer, adapter

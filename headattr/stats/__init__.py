@@ -1,5 +1,7 @@
 """Statistics over head attributions: similarity, null baselines, per-sample structure, cross-seed,
-cross-method, per-category and per-mask-ratio comparisons. Pure numpy/scipy/pandas functions."""
+cross-method, per-category and per-mask-ratio comparisons. Pure numpy/scipy/pandas functions.
+
+Layer 1: imports nothing else of headattr."""
 
 from headattr.stats.categories import category_differences, category_means
 from headattr.stats.mask_ratio import mask_ratio_agreement

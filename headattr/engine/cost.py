@@ -235,7 +235,7 @@ def ig_cost(
 ) -> dict:
     """Row-passes and FLOPs of an IG run (see the module docstring for the model), counted with
     :meth:`PassCounts.add` call by call as the engine chunks its rows (``rows_per_pass``), so the estimate and the
-    engine's own :attr:`~headattr.engine.GateEngine.counts` use one definition of every count.
+    engine's own :attr:`~headattr.engine.gate_engine.GateEngine.counts` use one definition of every count.
 
     ``scored_fraction`` is the mean share of positions scored (the mean mask probability); ``full_logits``,
     ``param_grads``, ``end_losses=False`` and ``shared_rows=False`` describe a plain loop that computes every

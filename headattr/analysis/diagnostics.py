@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .aggregate import head_label
-from .dumps import atomic_write, write_npy
-from .workflow import write_json
+from .. import stats
+from ..pipeline.aggregate import head_label
+from ..pipeline.dumps import atomic_write, write_npy
+from ..pipeline.workflow import write_json
 
 DEFAULTS = {
     "sample_counts": [1, 5, 10, 25],
@@ -51,7 +51,7 @@ def _ks(ks, n: int) -> tuple[int, ...]:
 def _scores(arrays: dict, postprocess: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """(per-sample scores [N, l, H], per-(sample, p) scores [N, P, l, H], attributed layers) of a dump: the
     attributed layers only, post-processed and in the score convention (see the module docstring)."""
-    from .aggregate import attributed_layers, postprocessed_scores
+    from ..pipeline.aggregate import attributed_layers, postprocessed_scores
 
     layers = attributed_layers(arrays)
     ig = arrays["ig"].astype(np.float64)[:, :, layers]
@@ -89,7 +89,7 @@ def _local_bins(bins, layers: list[int]):
 
 
 def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "signed") -> dict:
-    """Diagnostics of one dump (arrays of :mod:`headattr.dumps`)."""
+    """Diagnostics of one dump (arrays of :mod:`headattr.pipeline.dumps`)."""
     c = _cfg(cfg)
     per_sample, ig, layers = _scores(arrays, postprocess)  # [N, l, H], [N, P, l, H]
     n, n_p, n_layers, n_heads = ig.shape

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .aggregate import importance_label, score_matrix
+from ..methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
+from ..pipeline.aggregate import importance_label, score_matrix
+from ..pipeline.dumps import atomic_write, load_npz, read_meta
+from ..pipeline.workflow import write_json
 from .compute import compute_table, total_line
-from .dumps import atomic_write, load_npz, read_meta
-from .methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from .plots import (
     category_heatmaps,
     convergence_plot,
@@ -24,9 +25,8 @@ from .plots import (
     topk_bars,
     variance_histogram,
 )
-from .workflow import write_json
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "report" / "report.md.j2"
+TEMPLATE = Path(__file__).resolve().parents[2] / "report" / "report.md.j2"
 DEFAULT_GAP_THRESHOLD = 0.01
 
 
@@ -362,7 +362,7 @@ def transfer_note(config: dict) -> str:
 
 def dispersion_table(units: list[dict], heads_csvs, dispersion: dict) -> pd.DataFrame:
     """Per unit whose seed has a dispersion table: Spearman of its importance with each dispersion metric."""
-    from .attention import METRICS, importance_correlation
+    from ..analysis.dispersion import METRICS, importance_correlation
 
     rows = []
     for unit, heads_csv in zip(units, heads_csvs, strict=True):
@@ -406,7 +406,7 @@ def build_report(
     ``token_sets``: {seed, role ("attribution" / "held-out"), asked, path (tokens.npz)} for the data section;
     ``dispersion``: {seed: heads.csv of the attention-dispersion pass} (empty: the pass is off).
     """
-    from .diagnostics import read_tables
+    from ..analysis.diagnostics import read_tables
 
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -467,8 +467,8 @@ def build_report(
         val_ctx.append(ctx)
         val_heads.append(head)
     task_ctx, task_head = None, None
-    if getattr(inputs, "task_validation", []):  # validation.tasks (headattr.evaluation.report_section)
-        from .evaluation.report_section import task_context
+    if getattr(inputs, "task_validation", []):  # validation.tasks (headattr.report.tasks)
+        from .tasks import task_context
 
         tolerance = config["validation"]["tasks"]["tolerance"]
         task_ctx, task_head = task_context(

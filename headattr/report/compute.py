@@ -1,6 +1,6 @@
 """Compute accounting of attribution jobs, as tables for the reports.
 
-Each attribute job writes :func:`headattr.cost.compute_record` into its shard manifest (``result.compute``): the
+Each attribute job writes :func:`headattr.engine.cost.compute_record` into its shard manifest (``result.compute``): the
 row-passes and layer-passes the engine ran, their FLOPs under the cost model, wall seconds of the attribution
 loop (model loading excluded), the device and, on CUDA, GPU-hours. A unit (seed, method) sums its shards.
 """

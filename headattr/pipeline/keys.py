@@ -1,4 +1,4 @@
-"""Workflow config -> checked settings and versioned artifact keys.
+"""Versioned artifact keys: the config slices that determine each stage, hashed into its path.
 
 Every artifact lives under a key made of a readable label and a hash of the parameter slice that determines
 it (upstream slices included), e.g. ``results/ig/per_layer-seed47-1f0c2a9be4``. Changing a parameter changes
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from ..models.loading import model_n_layers
 
 
 def param_hash(params: dict, length: int = 10) -> str:
@@ -34,22 +34,10 @@ class Unit:
     shards: tuple[str, ...] = ()
 
 
-def model_n_layers(path: str) -> int:
-    """Number of layers from a local checkpoint's config.json (needed to plan layer shards)."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"shard.layers: needs a local model.path with a config.json to count layers ({path!r})")
-    cfg = json.loads(config_file.read_text())
-    for key in ("num_hidden_layers", "n_layer", "n_layers"):
-        if isinstance(cfg.get(key), int):
-            return cfg[key]
-    raise ConfigError(f"shard.layers: cannot read the number of layers from {config_file}")
-
-
 def input_checksums(config: dict) -> dict:
     """Content checksums of the data source (when the config has one) and model files (see
-    :func:`headattr.workflow.input_checksums`)."""
-    from .data.sources import demo_corpus_path
+    :func:`headattr.pipeline.workflow.input_checksums`)."""
+    from ..data.sources import demo_corpus_path
     from .workflow import input_checksums as checksums
 
     source = config.get("data", {}).get("source")
@@ -95,6 +83,8 @@ TOKENIZE_OPTIONS = (
 
 
 IG_METHODS = ("per_layer", "joint", "layered")
+
+
 STP_METHODS = ("stp", "stp_layer")
 
 
@@ -287,141 +277,3 @@ def dispersion_groups(config: dict) -> dict:
         params = {"masks": unit.slices["masks"], "model": model_slice(config), "d": cfg}
         out[stage_key(f"seed{unit.seed}-dispersion", params)] = (unit.seed, unit)
     return out
-
-
-def _floor_if_set(config: dict) -> dict:
-    """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
-    floor = config["ig"].get("gap_floor", 0.01)
-    return {} if floor == 0.01 else {"gap_floor": floor}
-
-
-def _tasks_if_set(config: dict) -> dict:
-    """The task-validation points and tolerance, only when validation.tasks is on (other configs keep their keys)."""
-    if not config["validation"]["tasks"]["tasks"]:
-        return {}
-    from .evaluation.protocol import task_plan
-
-    points = sorted(task_plan(config)["points"])
-    return {"tasks": {"points": points, "tolerance": config["validation"]["tasks"]["tolerance"]}}
-
-
-def report_key(config: dict) -> str:
-    """Key of the run's report: every attribution and diagnostic key plus the report settings."""
-    groups = diagnostic_groups(config)
-    return stage_key(
-        config["run"],
-        {
-            "ig": [u.keys["ig"] for u in units(config)],
-            "report": config["report"] | _floor_if_set(config),
-            "diagnostics": {k: sorted(v) for k, v in groups.items()},
-        }
-        | _tasks_if_set(config)
-        | ({"dispersion": sorted(dispersion_groups(config))} if dispersion_groups(config) else {}),
-    )
-
-
-def _is_local_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
-
-
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-def validate_config(config: dict, root: Path | str = ".") -> dict:
-    """Fill defaults and validate ``config`` against the JSON schema (snakemake.utils.validate), then
-    :func:`check_config`. Raises before any rule runs, naming the key."""
-    import jsonschema
-    import yaml
-    from snakemake.utils import validate
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [
-            f"config key '{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}': {e.message}" for e in errors
-        ]
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
-    validate(config, schema=str(SCHEMA), set_default=True)
-    check_config(config, root)
-    units(config)
-    return config
-
-
-def check_source(source: str, root: Path, key: str) -> None:
-    """A data source is 'demo', hf:NAME, a folder, or an existing file of a known type; else ConfigError on ``key``."""
-    if source != "demo" and not source.startswith("hf:") and not (root / source).is_dir():
-        from .data.sources import FILE_SUFFIXES
-
-        if not source.endswith(FILE_SUFFIXES):
-            raise ConfigError(f"{key}: {source!r} is not 'demo', 'hf:NAME' or a file ending in {FILE_SUFFIXES}")
-        if not (root / source).is_file():
-            raise ConfigError(f"{key}: file {source!r} does not exist")
-
-
-def check_config(config: dict, root: Path | str = ".") -> None:
-    """Checks beyond the JSON schema, before any rule runs; each error names the key."""
-    root = Path(root)
-    results = Path(config["results_dir"])
-    if results.is_absolute() or ".." in results.parts:
-        raise ConfigError(f"results_dir: {config['results_dir']!r} must be a relative path without '..'")
-    if ".." in config["run"] or "/" in config["run"]:
-        raise ConfigError(f"run: {config['run']!r} must be a plain name")
-    model_path = config["model"]["path"]
-    if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
-        raise ConfigError(f"model.path: {model_path!r} does not exist")
-    check_source(config["data"]["source"], root, "data.source")
-    transfer = config["validation"].get("data")
-    if transfer:
-        check_source(transfer["source"], root, "validation.data.source")
-    device = config["model"]["device"]
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"model.device: {device!r} requested but CUDA is not available")
-    if config["objective"]["kind"] == "causal" and config["objective"]["mask_probs"] != [1.0]:
-        config["objective"]["mask_probs"] = [1.0]  # the causal objective does not mask
-    ig = config["ig"]
-    if ig["tol"] is not None and ig["max_steps"] < ig["steps"]:
-        raise ConfigError(f"ig.max_steps: {ig['max_steps']} < ig.steps ({ig['steps']}): ig.tol only raises them")
-    bins = config["diagnostics"]["depth_bins"]
-    if isinstance(bins, list):
-        bad = [b for b in bins if not b[0] < b[1]]
-        config_file = root / Path(model_path).expanduser() / "config.json"
-        if not bad and config_file.is_file():
-            n_layers = model_n_layers(str(config_file.parent))
-            bad = [b for b in bins if b[1] > n_layers]
-        if bad:
-            raise ConfigError(f"diagnostics.depth_bins: {bad} not [start, end) ranges with start < end <= n_layers")
-    lambdas = config["ig"]["lambdas"]
-    if lambdas is not None and "layered" not in config["ig"]["methods"]:
-        raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")
-    check_stp_config(config, root)
-
-
-def check_layer_range(key: str, layers, shape) -> None:
-    """``layers`` = [start, end] must be inclusive and inside the model (``shape`` = (layers, heads) or None when
-    unknown); else ConfigError on ``key``."""
-    start, end = layers
-    if start > end or (shape is not None and end >= shape[0]):
-        limit = f"0..{shape[0] - 1}" if shape else "the model's layers"
-        raise ConfigError(f"{key}: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
-
-
-def check_stp_config(config: dict, root: Path) -> None:
-    """ig.layers inside the model, no layer shards with it, shapley_all without it; the imported files."""
-    from .exports import check_importance_files, model_shape
-
-    g = config["ig"]
-    shape = model_shape(root / config["model"]["path"])
-    if g["layers"] is not None:
-        check_layer_range("ig.layers", g["layers"], shape)
-        if config["shard"]["layers"]:
-            raise ConfigError("ig.layers: cannot be combined with shard.layers (shard the samples instead)")
-        if "shapley_all" in g["methods"]:
-            raise ConfigError("ig.layers: shapley_all plays every head against every other; it has no layer range")
-    clash = set(config["compare"]["importance_files"]) & set(g["methods"])
-    if clash:
-        raise ConfigError(f"compare.importance_files: names {sorted(clash)} clash with ig.methods")
-    files = {k: str(root / v) for k, v in config["compare"]["importance_files"].items()}
-    check_importance_files(files, root / config["model"]["path"])

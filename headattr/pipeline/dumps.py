@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DumpError
+from ..errors import DumpError
 
 REQUIRED = ("ig", "loss_full", "loss_base", "ig_sum", "gap", "n_scored", "sample_ids", "mask_probs", "meta_json")
 

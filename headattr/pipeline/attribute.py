@@ -1,4 +1,4 @@
-"""Run one IG attribution over many samples and produce the dump arrays (see :mod:`headattr.dumps`).
+"""Run one IG attribution over many samples and produce the dump arrays (see :mod:`headattr.pipeline.dumps`).
 
 With ``checkpoint_dir`` every finished sample is saved at once (atomically), and a rerun skips the samples
 already there, so a killed job loses at most the sample in flight. A checkpoint is reused only when it was
@@ -17,22 +17,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.samples import Sample
+from ..data.samples import Sample
+from ..engine.gate_engine import GateEngine
+from ..errors import ConfigError
+from ..methods.ablation import leave_one_out
+from ..methods.adaptive import adaptive_integrated_gradients
+from ..methods.first_order import first_order
+from ..methods.ig import SampleAttribution, integrated_gradients
+from ..methods.paths import MODES, make_paths
+from ..methods.quadrature import nodes_and_weights
+from ..methods.shapley import shapley_values
+from ..methods.stp import MODES as STP_MODES
+from ..methods.stp import path_names as stp_path_names
+from ..methods.stp import stp_layer_paths, stp_paths
+from ..objective.loss import OBJECTIVES, WEIGHTINGS, build_scored_input
+from ..objective.masking import MASK_MODES, check_mask_probs, check_mask_samples
 from .dumps import load_npz, save_npz
-from .engine import GateEngine
-from .errors import ConfigError
-from .methods.ablation import leave_one_out
-from .methods.adaptive import adaptive_integrated_gradients
-from .methods.first_order import first_order
-from .methods.ig import SampleAttribution, integrated_gradients
-from .methods.paths import MODES, make_paths
-from .methods.quadrature import nodes_and_weights
-from .methods.shapley import shapley_values
-from .methods.stp import MODES as STP_MODES
-from .methods.stp import path_names as stp_path_names
-from .methods.stp import stp_layer_paths, stp_paths
-from .objective.loss import OBJECTIVES, WEIGHTINGS, build_scored_input
-from .objective.masking import MASK_MODES, check_mask_probs, check_mask_samples
 
 OTHER_METHODS = ("shapley_layer", "shapley_all", "first_order", "leave_one_out")
 METHODS = MODES + STP_MODES + OTHER_METHODS

@@ -13,10 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from .errors import ConfigError
-
-HARMLESS_KEYS = re.compile(r"(^|\.)(pooler|seq_relationship)\.|position_ids$|rotary_emb\.inv_freq$")
-"""Checkpoint tensors a masked or causal LM does not use (a base model's pooler, BERT's NSP head, buffers)."""
+from ..errors import ConfigError
+from .loading import HARMLESS_KEYS, resolve_mask_id
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -71,7 +69,7 @@ def skeleton(hf_config, trust_remote_code: bool):
     """The model class built from its config on the meta device (no memory, no weights)."""
     import torch
 
-    from .models.loading import auto_class
+    from .loading import auto_class
 
     auto = auto_class(hf_config)
     with torch.device("meta"):
@@ -114,21 +112,6 @@ def weight_mismatch(model, shapes: dict[str, list[int]]) -> str | None:
     return "; ".join(parts) or None
 
 
-def resolve_mask_id(model_cfg: dict, hf_config, tokenizer, family: str):
-    """(mask id, where it came from): model.mask_token_id, the checkpoint's config, the tokenizer, the family."""
-    from .models.adapters import FAMILIES
-
-    for value, where in (
-        (model_cfg.get("mask_token_id"), "model.mask_token_id"),
-        (getattr(hf_config, "mask_token_id", None), "the checkpoint's config.json"),
-        (getattr(tokenizer, "mask_token_id", None), "the tokenizer"),
-        (FAMILIES[family].mask_token_id, f"the {family} family default"),
-    ):
-        if isinstance(value, int):
-            return value, where
-    return None, None
-
-
 def position_limit(hf_config, family: str) -> tuple[int | None, str | None]:
     for key in POSITION_KEYS:
         value = getattr(hf_config, key, None)
@@ -140,7 +123,7 @@ def position_limit(hf_config, family: str) -> tuple[int | None, str | None]:
 
 def check_skeleton(model, model_cfg: dict, local_dir: Path | None) -> None:
     """The adapter finds its modules in ``model``, and a local checkpoint's tensors fit it."""
-    from .models.adapters import Adapter
+    from .adapters import Adapter
 
     try:
         Adapter(model, model_cfg["adapter"])
@@ -159,8 +142,8 @@ def check_model(config: dict, root: Path | str = ".") -> dict:
     """Check model, tokenizer and their fit to the config; returns what it found (family, vocab, mask id)."""
     from transformers import AutoTokenizer
 
-    from .models.adapters import family_from_config
-    from .models.loading import load_config
+    from .adapters import family_from_config
+    from .loading import load_config
 
     m, d, o = config["model"], config["data"], config["objective"]
     path = Path(root) / Path(m["path"]).expanduser()
@@ -245,44 +228,3 @@ def check_model(config: dict, root: Path | str = ".") -> dict:
             "false, or add a chat_template to its tokenizer_config.json"
         )
     return {"family": family, "vocab_size": vocab, "mask_token_id": mask_id, "mask_token_from": where}
-
-
-PASSED = Path(".snakemake") / "headattr-checks.json"
-
-
-def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PASSED) -> dict:
-    """Every check of the model and data source that needs files (the schema checks ran before).
-
-    A check that passed is remembered in ``passed`` under a hash of the settings it read and the content
-    checksums of the model and data, so later starts skip it (no transformers import) until one of them changes.
-    """
-    from .config import input_checksums, param_hash
-    from .data.sources import resolve_source
-
-    sources = [config["data"]["source"]] + [v["source"] for v in [config["validation"].get("data")] if v]
-    for source in sources:
-        if source != "demo" and not source.startswith("hf:"):
-            resolve_source(str(Path(root) / source))
-    d, o = config["data"], config["objective"]
-    key = param_hash(
-        {
-            "model": config["model"],
-            "data": {k: d[k] for k in ("max_len", "chat_template")},
-            "objective": {k: o[k] for k in ("kind", "allow_mismatch")},
-            "checksums": input_checksums(config),
-        }
-    )
-    store = Path(root) / passed if passed is not None else None
-    done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
-    if key in done and input_checksums(config)["model"] is not None:
-        return done[key]
-    found = check_model(config, root)
-    if store is not None:
-        from .dumps import atomic_write
-
-        text = json.dumps({**done, key: found}, sort_keys=True)
-        try:
-            atomic_write(store, lambda tmp: Path(tmp).write_text(text))
-        except OSError:
-            pass  # only costs checking again next time
-    return found

@@ -8,10 +8,10 @@ Speed-ups that live here, beneath all methods: model parameters never require gr
 computed only at scored positions (a pre-hook on the adapter's head module selects them before the
 projection to the vocabulary); no key/value cache is built; and prefix caching (``from_layer``): a row whose
 gates below layer l are all 1 runs only layers l..L-1 from the hidden states cached by one all-on pass per
-sample (see :mod:`headattr.prefix`), so per-layer IG runs about half the layers and backpropagates through fewer;
+sample (see :mod:`headattr.engine.prefix`), so per-layer IG runs about half the layers and backpropagates through fewer;
 the same pass records each layer's attention output (z), which a row starting at layer l replays instead of
 recomputing layer l's q/k/v projections and attention (``attention_cache``).
-Rows per pass come from ``rows_per_pass`` or, when that is None, from a memory budget (see :mod:`headattr.cost`).
+Rows per pass come from ``rows_per_pass`` or, when that is None, from a memory budget (see :mod:`headattr.engine.cost`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import NonFiniteError
+from ..models.adapters import Adapter
+from ..models.gates import HeadGates
+from ..objective.loss import ScoredInput
 from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
-from .errors import NonFiniteError
-from .models.adapters import Adapter
-from .models.gates import HeadGates
-from .objective.loss import ScoredInput
 from .prefix import LayerStack
 
 MAX_AUTO_ROWS = 256
@@ -73,10 +73,10 @@ class GateEngine:
         memory_budget (int | None): activation bytes per pass for ``rows_per_pass=None``; default
             :func:`default_memory_budget`.
         attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
-            the adapter allows (see :mod:`headattr.prefix`). Default: True.
+            the adapter allows (see :mod:`headattr.engine.prefix`). Default: True.
 
     Attributes:
-        counts (:class:`headattr.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
+        counts (:class:`headattr.engine.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
             cost-model FLOPs of everything this engine ran (the attribute stage records them per shard).
     """
 
@@ -110,7 +110,7 @@ class GateEngine:
         except ValueError:
             self._dims = None
         self._gates = HeadGates(adapter)
-        self.counts = PassCounts()  # what this engine ran (see :class:`headattr.cost.PassCounts`)
+        self.counts = PassCounts()  # what this engine ran (see :class:`headattr.engine.cost.PassCounts`)
         self._selection: tuple[torch.Tensor, torch.Tensor] | None = None
         self._selected = False
         self._head_handle = (

@@ -11,7 +11,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .dumps import atomic_write
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "scipy", "pandas", "seaborn", "snakemake")
@@ -133,7 +133,7 @@ def input_checksums(source_path: str | Path | None, model_path: str, cache_file=
 
 
 def git_commit(root: Path | None = None) -> str | None:
-    root = root or Path(__file__).resolve().parents[1]
+    root = root or Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .dumps import atomic_write
-from .sweep_tables import stability_matrix
+from ..pipeline.dumps import atomic_write
+from ..report import plots
+from .tables import stability_matrix
 
 
 def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:

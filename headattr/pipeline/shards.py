@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .errors import DumpError
+from ..errors import DumpError
 
 # extras shaped [N, P, Q] like the gap, gathered with it (ig.tol's steps per path)
 PER_PATH_EXTRAS = ("extra_steps_used",)

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .aggregate import head_label
-from .errors import ConfigError
-from .stats.dispersion import dispersion
+from ..errors import ConfigError
+from ..pipeline.aggregate import head_label
+from ..stats.dispersion import dispersion
 
 METRICS = ("entropy", "entropy_norm", "effective_blocks", "topk_mass")
 

@@ -13,7 +13,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FIXED_SECTIONS = ("run", "results_dir", "sweep", "model", "demo_model", "shard")
 
@@ -152,8 +152,8 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
     ``validation.tasks``); ``reference``: the reference point's name; ``axes``: {name: {key, values (labels),
     numeric, order}}.
     """
-    from .config import stage_key, units, validation_groups
-    from .evaluation.protocol import task_plan
+    from ..evaluation.protocol import task_plan
+    from ..pipeline.keys import stage_key, units, validation_groups
 
     entities = []
     for point in points:

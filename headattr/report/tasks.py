@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .summary import cost_summary, curve_summary, curves, drop_ratios, proxy_agreement, users_table
+from ..evaluation.summary import cost_summary, curve_summary, curves, drop_ratios, proxy_agreement, users_table
 
 
 def task_curves_plot(table: pd.DataFrame, path) -> Path:
     """Headline metric vs fraction pruned, one panel per task: each method's most / least order, the random band
     (min-max over seeds) and its mean."""
-    from ..plots import _save, plt
+    from .plots import _save, plt
 
     c = curves(table)
     tasks = list(dict.fromkeys(c["task"]))

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import ConfigError
+from ..models.loading import model_shape
 from .aggregate import attributed_layers, per_sample_scores, score_matrix
 from .dumps import atomic_write, read_meta
-from .errors import ConfigError
 
 NOTE = (
     "Per-sample IG of the loss (signed, before post-processing; mean over mask probabilities and paths); "
@@ -104,17 +105,6 @@ def load_importance_file(path, n_layers: int | None = None, n_heads: int | None 
             raise ConfigError(f"{where}: importance_scores[{layer}] has non-finite values")
         out[layer] = value
     return out
-
-
-def model_shape(model_path) -> tuple[int, int] | None:
-    """(n_layers, n_heads) from a local checkpoint's config.json, or None when it cannot be read."""
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
-        return None
-    cfg = json.loads(config_file.read_text())
-    layers = next((cfg[k] for k in ("num_hidden_layers", "n_layers", "n_layer") if isinstance(cfg.get(k), int)), None)
-    heads = next((cfg[k] for k in ("num_attention_heads", "n_heads", "n_head") if isinstance(cfg.get(k), int)), None)
-    return None if layers is None or heads is None else (layers, heads)
 
 
 def check_importance_files(files: dict, model_path) -> None:

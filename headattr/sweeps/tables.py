@@ -1,4 +1,4 @@
-"""Stability of head rankings across the points of a sweep (see :func:`headattr.sweep.sweep_plan`), as tidy tables.
+"""Stability of head rankings across the points of a sweep (:func:`headattr.sweeps.plan.sweep_plan`), as tidy tables.
 
 - ``points``: one row per entity (point, method): axis values, seeds' ig keys, samples.
 - ``pairs``: agreement of every pair of entities (global and per layer; Spearman, Pearson, top-K overlap), with
@@ -19,7 +19,7 @@
   fills the transfer matrix).
 - ``compute``: measured attribution cost per entity from Snakemake's benchmark files (wall and CPU seconds summed
   over seeds and shards, peak resident memory) and from the shard manifests (row- and layer-passes per example,
-  cost-model FLOPs, the engine loop's wall seconds, device, GPU-hours; see :mod:`headattr.compute`).
+  cost-model FLOPs, the engine loop's wall seconds, device, GPU-hours; see :mod:`headattr.report.compute`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .aggregate import per_sample_importance
-from .compute import COLUMNS, per_example, unit_compute
-from .dumps import load_dump
-from .evaluation.summary import curve_summary, task_table
-from .stats.stability import converged_at, pair_stability
+from ..evaluation.summary import curve_summary, task_table
+from ..pipeline.aggregate import per_sample_importance
+from ..pipeline.dumps import load_dump
+from ..report.compute import COLUMNS, per_example, unit_compute
+from ..stats.stability import converged_at, pair_stability
 
 
 def entity_samples(entity: dict, dumps: dict) -> tuple[np.ndarray, list[str]]:
@@ -208,7 +208,7 @@ def transfer_table(plan: dict, aopc: pd.DataFrame) -> pd.DataFrame:
 def compute_table(plan: dict, benchmarks: dict, manifests: dict | None = None) -> pd.DataFrame:
     """Per entity: attribution jobs, wall and CPU seconds (sums) and peak RSS; ``benchmarks`` {name: path}; with
     ``manifests`` {name: path} also the engine's counts per example, FLOPs, device and GPU-hours
-    (see :mod:`headattr.compute`)."""
+    (see :mod:`headattr.report.compute`)."""
     rows = []
     for e in plan["entities"]:
         bench = pd.concat([pd.read_csv(benchmarks[b], sep="\t") for b in e["benchmarks"]])

@@ -11,54 +11,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from ..data.samples import pack_samples, unpack_samples
+from ..data.sources import draw_order, read_table, to_records
+from ..engine.gate_engine import engine_for
+from ..errors import ConfigError, DataError
+from ..models.loading import load_adapter, model_family_and_shift, objective_needs_mask
+from ..objective.masking import draw_masks, pack_masks, unpack_masks
 from .aggregate import aggregate, completeness_table
 from .attribute import AttributionSettings, run_attribution
-from .data.samples import pack_samples, unpack_samples
-from .data.sources import draw_order, read_table, to_records
 from .dumps import atomic_write, load_dump, load_npz, save_npz
-from .engine import engine_for
-from .errors import ConfigError, DataError
-from .objective.masking import draw_masks, pack_masks, unpack_masks
-
-
-def model_family_and_shift(model_cfg: dict) -> tuple[str, bool]:
-    """Adapter family and logit shift from the model's config alone (no weights loaded)."""
-    from .models.adapters import FAMILIES, family_from_config
-    from .models.loading import load_config
-
-    family = family_from_config(load_config(model_cfg["path"], model_cfg["trust_remote_code"]), model_cfg["adapter"])
-    return family, FAMILIES[family].shift_logits
-
-
-def objective_needs_mask(model_cfg: dict, tokenizer) -> bool:
-    """True when no mask token id is known for the diffusion objective (family default or tokenizer)."""
-    from .models.adapters import FAMILIES
-
-    family, _ = model_family_and_shift(model_cfg)
-    return FAMILIES[family].mask_token_id is None and getattr(tokenizer, "mask_token_id", None) is None
-
-
-def load_adapter(model_cfg: dict):
-    """(model, tokenizer, adapter) from the workflow's ``model`` settings.
-
-    The mask id comes from model.mask_token_id, else the checkpoint's config, the tokenizer, the family."""
-    from .checks import resolve_mask_id
-    from .models.adapters import Adapter
-    from .models.loading import load_model
-
-    model, tokenizer = load_model(
-        model_cfg["path"],
-        model_cfg["dtype"],
-        model_cfg["device"],
-        model_cfg["trust_remote_code"],
-        model_cfg.get("attn_implementation"),
-    )
-    family, _ = model_family_and_shift(model_cfg)
-    mask_id, _ = resolve_mask_id(model_cfg, model.config, tokenizer, family)
-    adapter = Adapter(model, model_cfg["adapter"], mask_token_id=mask_id)
-    return model, tokenizer, adapter
 
 
 def sample_data(
@@ -122,7 +84,7 @@ def tokenize(
     """
     from transformers import AutoTokenizer
 
-    from .data.tokenize import TokenizeOptions, select_samples
+    from ..data.tokenize import TokenizeOptions, select_samples
 
     _, shift = model_family_and_shift(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg["trust_remote_code"])
@@ -209,7 +171,7 @@ def attribute(
     model, _, adapter = load_adapter(model_cfg)
     run_settings = AttributionSettings(**settings).validate()
     if samples and run_settings.method in ("per_layer", "joint", "layered"):
-        from .cost import estimate_from_model, format_estimate
+        from ..engine.cost import estimate_from_model, format_estimate
 
         seq_len = int(round(np.mean([s.length for s in samples])))
         est = estimate_from_model(
@@ -223,7 +185,7 @@ def attribute(
             rows_per_pass=engine_cfg.get("rows_per_pass") or 16,
         )
         print(format_estimate(est), flush=True)
-    from .cost import compute_record
+    from ..engine.cost import compute_record
 
     engine = engine_for(adapter, model_cfg, engine_cfg)
     started, stats = time.perf_counter(), {}
@@ -261,7 +223,7 @@ def gather_and_aggregate(
 
 def aggregate_dump(dump_path, heads_out, completeness_out, exports=None, postprocess: str = "signed") -> dict:
     """Per-head table and per-(sample, p, path) completeness table of a dump; with ``exports`` =
-    (head_importance.pt, per_sample_ig.pt) paths also the users' files (see :mod:`headattr.exports`)."""
+    (head_importance.pt, per_sample_ig.pt) paths also the users' files (see :mod:`headattr.pipeline.exports`)."""
     arrays = load_dump(dump_path)
     heads = aggregate(arrays, postprocess)
     comp = completeness_table(arrays)
@@ -276,7 +238,7 @@ def aggregate_dump(dump_path, heads_out, completeness_out, exports=None, postpro
 
 def scored_inputs(samples, masks: dict, objective: dict, adapter) -> list:
     """The scored inputs (one row per mask probability and draw) of ``samples`` under the ``objective`` config."""
-    from .objective.loss import build_scored_input
+    from ..objective.loss import build_scored_input
 
     probs = [1.0] if objective["kind"] == "causal" else objective["mask_probs"]
     return [
@@ -292,70 +254,3 @@ def scored_inputs(samples, masks: dict, objective: dict, adapter) -> list:
         )
         for s in samples
     ]
-
-
-def attention_dispersion(tokens_path, masks_path, model_cfg: dict, objective: dict, cfg: dict, out) -> dict:
-    """Per-head attention dispersion over the attribution samples and masks (eager attention for this pass only),
-    written as a head table (see :mod:`headattr.attention`)."""
-    from .attention import head_dispersion
-
-    samples = unpack_samples(load_npz(tokens_path))
-    masks = unpack_masks(load_npz(masks_path))
-    _, _, adapter = load_adapter({**model_cfg, "attn_implementation": "eager"})
-    scored = scored_inputs(samples, masks, objective, adapter)
-    table = head_dispersion(adapter, scored, cfg["block_size"], cfg["topk_frac"])
-    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
-    return {"n_samples": len(samples), "n_heads": len(table)}
-
-
-def validate_pruning(
-    dump_paths: dict,
-    tokens_path,
-    masks_path,
-    model_cfg: dict,
-    objective: dict,
-    cfg: dict,
-    engine_cfg: dict,
-    curves_out,
-    summary_out,
-    postprocess: str = "signed",
-    importance_files: dict | None = None,
-) -> dict:
-    """Deletion curves on held-out samples for every method's ranking (mean post-processed importance over
-    samples, see :func:`headattr.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
-    from .aggregate import attributed_layers, importance_matrix
-    from .exports import load_importance_file
-    from .validation import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
-
-    # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
-    dumps = {m: load_dump(p) for m, p in dump_paths.items()}
-    rankings = {m: -importance_matrix(d, postprocess) for m, d in dumps.items()}
-    layers = sorted({layer for d in dumps.values() for layer in attributed_layers(d)})
-    samples = unpack_samples(load_npz(tokens_path))
-    masks = unpack_masks(load_npz(masks_path))
-    model, _, adapter = load_adapter(model_cfg)
-    for name, file in (importance_files or {}).items():
-        key = f"compare.importance_files.{name}"
-        rankings[name] = -load_importance_file(file, adapter.n_layers, adapter.n_heads, key)
-    scored = scored_inputs(samples, masks, objective, adapter)
-    engine = engine_for(adapter, model_cfg, engine_cfg)
-    seeds = list(range(cfg["random_orders"]))
-    candidates = [layer * adapter.n_heads + h for layer in layers for h in range(adapter.n_heads)]
-    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds, candidates=candidates)
-    if cfg["iterative"]:
-        from .methods.first_order import first_order
-
-        reattribute = {"first_order": reattributor(first_order, engine, scored)}
-        curves = pd.concat(
-            [
-                curves,
-                iterative_deletion_curves(
-                    engine, scored, reattribute, cfg["fractions"], seeds=seeds, candidates=candidates
-                ),
-            ],
-            ignore_index=True,
-        )
-    summary = deletion_summary(curves, cfg["tolerance"])
-    atomic_write(curves_out, lambda tmp: curves.to_csv(tmp, index=False))
-    atomic_write(summary_out, lambda tmp: summary.to_csv(tmp, index=False))
-    return {"n_heldout": len(samples), "methods": list(rankings)}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models.adapters import Adapter, get_submodule
+from ..models.adapters import Adapter, get_submodule
 
 HIDDEN_KWARGS = ("hidden_states", "hidden_state", "x")
 

@@ -1,0 +1,64 @@
+"""The up-front checks of a run, before any job: the config (schema, keys, imported files, plan) and the inputs
+(model, tokenizer, data), the latter remembered under the checksums of what it read, so later starts skip it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..models.checks import check_model
+from .config import validate_schema
+from .exports import check_importance_files
+from .keys import units
+
+
+def validate_config(config: dict, root: Path | str = ".") -> dict:
+    """The config checked before any rule runs: schema and key checks (:func:`validate_schema`), the imported
+    importance files against the model, and the run's plan (units and shards); raises naming the key."""
+    root = Path(root)
+    validate_schema(config, root)
+    files = {k: str(root / v) for k, v in config["compare"]["importance_files"].items()}
+    check_importance_files(files, root / config["model"]["path"])
+    units(config)
+    return config
+
+
+PASSED = Path(".snakemake") / "headattr-checks.json"
+
+
+def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PASSED) -> dict:
+    """Every check of the model and data source that needs files (the schema checks ran before).
+
+    A check that passed is remembered in ``passed`` under a hash of the settings it read and the content
+    checksums of the model and data, so later starts skip it (no transformers import) until one of them changes.
+    """
+    from ..data.sources import resolve_source
+    from .keys import input_checksums, param_hash
+
+    sources = [config["data"]["source"]] + [v["source"] for v in [config["validation"].get("data")] if v]
+    for source in sources:
+        if source != "demo" and not source.startswith("hf:"):
+            resolve_source(str(Path(root) / source))
+    d, o = config["data"], config["objective"]
+    key = param_hash(
+        {
+            "model": config["model"],
+            "data": {k: d[k] for k in ("max_len", "chat_template")},
+            "objective": {k: o[k] for k in ("kind", "allow_mismatch")},
+            "checksums": input_checksums(config),
+        }
+    )
+    store = Path(root) / passed if passed is not None else None
+    done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
+    if key in done and input_checksums(config)["model"] is not None:
+        return done[key]
+    found = check_model(config, root)
+    if store is not None:
+        from .dumps import atomic_write
+
+        text = json.dumps({**done, key: found}, sort_keys=True)
+        try:
+            atomic_write(store, lambda tmp: Path(tmp).write_text(text))
+        except OSError:
+            pass  # only costs checking again next time
+    return found

@@ -1,0 +1,36 @@
+"""The report's artifact key: every attribution, diagnostic and task-validation key plus the report settings."""
+
+from __future__ import annotations
+
+from ..pipeline.keys import diagnostic_groups, dispersion_groups, stage_key, units
+
+
+def _floor_if_set(config: dict) -> dict:
+    """ig.gap_floor changes the report (relative gaps) even without ig.tol; the default keeps existing keys."""
+    floor = config["ig"].get("gap_floor", 0.01)
+    return {} if floor == 0.01 else {"gap_floor": floor}
+
+
+def _tasks_if_set(config: dict) -> dict:
+    """The task-validation points and tolerance, only when validation.tasks is on (other configs keep their keys)."""
+    if not config["validation"]["tasks"]["tasks"]:
+        return {}
+    from ..evaluation.protocol import task_plan
+
+    points = sorted(task_plan(config)["points"])
+    return {"tasks": {"points": points, "tolerance": config["validation"]["tasks"]["tolerance"]}}
+
+
+def report_key(config: dict) -> str:
+    """Key of the run's report: every attribution and diagnostic key plus the report settings."""
+    groups = diagnostic_groups(config)
+    return stage_key(
+        config["run"],
+        {
+            "ig": [u.keys["ig"] for u in units(config)],
+            "report": config["report"] | _floor_if_set(config),
+            "diagnostics": {k: sorted(v) for k, v in groups.items()},
+        }
+        | _tasks_if_set(config)
+        | ({"dispersion": sorted(dispersion_groups(config))} if dispersion_groups(config) else {}),
+    )
