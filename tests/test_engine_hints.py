@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import torch
 
-from headattr.engine.gate_engine import gate_engine as engine
+from headattr.engine import gate_engine as engine
 from headattr.methods import ablation, shapley
 
 

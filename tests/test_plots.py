@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from headattr.report.document import plots
+from headattr.report import plots
 
 
 @pytest.fixture

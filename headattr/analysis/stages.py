@@ -1,6 +1,9 @@
-"""Rule entry points of the analysis layer: pruning validation and attention dispersion, from files to files."""
+"""Rule entry points of the analysis layer, from files to files: diagnostics tables, pruning validation and
+attention dispersion."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 
@@ -9,7 +12,9 @@ from ..engine.gate_engine import engine_for
 from ..models.loading import load_adapter
 from ..objective.masking import unpack_masks
 from ..pipeline.dumps import atomic_write, load_dump, load_npz
+from ..pipeline.exports import load_importance_file
 from ..pipeline.stages import scored_inputs
+from .diagnostics import method_diagnostics, seed_diagnostics, unit_diagnostics, write_tables
 
 
 def attention_dispersion(tokens_path, masks_path, model_cfg: dict, objective: dict, cfg: dict, out) -> dict:
@@ -42,7 +47,6 @@ def validate_pruning(
     """Deletion curves on held-out samples for every method's ranking (mean post-processed importance over
     samples, see :func:`headattr.pipeline.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
     from ..pipeline.aggregate import attributed_layers, importance_matrix
-    from ..pipeline.exports import load_importance_file
     from .deletion import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
 
     # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
@@ -77,3 +81,22 @@ def validate_pruning(
     atomic_write(curves_out, lambda tmp: curves.to_csv(tmp, index=False))
     atomic_write(summary_out, lambda tmp: summary.to_csv(tmp, index=False))
     return {"n_heldout": len(samples), "methods": list(rankings)}
+
+
+def unit_tables(dump_path, cfg: dict, postprocess: str, out_dir) -> list[Path]:
+    """Rule diagnose_unit: the diagnostics of one (seed, method) dump, written as tables."""
+    return write_tables(unit_diagnostics(load_dump(dump_path), dict(cfg), postprocess), out_dir)
+
+
+def seed_tables(dump_a, dump_b, labels, cfg: dict, postprocess: str, out_dir) -> list[Path]:
+    """Rule diagnose_seeds: agreement of one method between two seeds, written as tables."""
+    tables = seed_diagnostics(load_dump(dump_a), load_dump(dump_b), labels, dict(cfg), postprocess)
+    return write_tables(tables, out_dir)
+
+
+def method_tables(dump_paths: dict, imported_files: dict, cfg: dict, postprocess: str, out_dir) -> list[Path]:
+    """Rule diagnose_methods: agreement between the methods of one seed and the imported importance files."""
+    by_method = {m: load_dump(p) for m, p in dump_paths.items()}
+    shape = next(iter(by_method.values()))["ig"].shape[2:]
+    imported = {k: load_importance_file(p, *shape, key=k) for k, p in imported_files.items()}
+    return write_tables(method_diagnostics(by_method, dict(cfg), imported, postprocess), out_dir)
