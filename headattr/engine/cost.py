@@ -38,7 +38,7 @@ DEVICE_FLOPS = {
 }
 # Fixed seconds per layer execution of one model call (forward, or backward), whatever its rows: Python hooks,
 # gates and op dispatch of a transformer layer. Fitted for cpu-2core by bench/calibrate_cost.py (28 and 38 ms in
-# two runs at load average 8-10; README, Performance, gives the estimate's error); not measured on GPUs (their
+# two runs at load average 8-10; docs/performance.md gives the estimate's error); not measured on GPUs (their
 # estimate is FLOPs only).
 LAYER_CALL_SECONDS = {"cpu-2core": 0.033}
 GATED_MLP_TYPES = {"llama", "qwen2", "mistral", "llada", "dream"}
