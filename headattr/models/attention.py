@@ -93,6 +93,13 @@ class KernelCall:
         bound.update(self.kwargs)
         return bound
 
+    def lengths(self) -> tuple[int, int]:
+        """(query length, key length) of the call."""
+        if self.kind == "softmax":
+            return tuple(self.args[0].shape[-2:])
+        a = self._sdpa_inputs()
+        return a["query"].shape[-2], a["key"].shape[-2]
+
     def probabilities(self) -> torch.Tensor:
         """Attention probabilities [batch, heads, query, key] in fp32 (GQA keys repeated per query head)."""
         if self.kind == "softmax":
