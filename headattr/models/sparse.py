@@ -124,8 +124,8 @@ class SparseAttention:
 
     ``ratios`` [layers, heads] are the keep ratios r_h. Inside :meth:`building` each layer's attention runs dense
     and its block mask is built from that call's probabilities (replacing the previous one); inside
-    :meth:`applied` each layer's attention is restricted to its mask. ``densities`` holds the realised block
-    density [layers, heads] of the masks last built.
+    :meth:`applied` each layer's attention is restricted to its mask; :meth:`rebuilt` does both in one call.
+    ``densities`` holds the realised block density [layers, heads] of the masks last built.
     """
 
     def __init__(self, adapter, ratios, block_size: int, gen_length: int = 0):
@@ -140,8 +140,11 @@ class SparseAttention:
     def densities(self) -> np.ndarray:
         return np.stack([block_density(self.masks[i]) for i in range(self.adapter.n_layers)])
 
-    def _build(self, index: int, call: KernelCall):
+    def _store(self, index: int, call: KernelCall) -> None:
         self.masks[index] = block_mask(call.probabilities(), self.ratios[index], self.block_size, self.gen_length)
+
+    def _build(self, index: int, call: KernelCall):
+        self._store(index, call)
         return call.run()
 
     def _apply(self, index: int, call: KernelCall):
@@ -149,6 +152,17 @@ class SparseAttention:
         if bool(blocks.all()):
             return call.run()
         return call.run(token_mask(blocks, *call.lengths(), self.block_size))
+
+    def _rebuild(self, index: int, call: KernelCall):
+        self._store(index, call)
+        return self._apply(index, call)
+
+    @contextmanager
+    def rebuilt(self):
+        """Inside, each attention call builds its mask from its own dense probabilities and runs restricted to
+        it (the users' ``recompute_mask_each_call``, for likelihood scoring)."""
+        with attention_kernels(self.adapter, self._rebuild):
+            yield self
 
     @contextmanager
     def building(self):
