@@ -193,3 +193,26 @@ def test_eager_and_sdpa_paths_apply_the_same_masks(build):
         dense = model(input_ids=ids).logits
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, dense, atol=1e-3)
+
+
+def test_flex_attention_equals_the_exact_masked_path_on_cpu():
+    """FlexAttention with the block mask (eager on the CPU) and the exact masked SDPA give the same model output."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = llada_standin()  # SDPA without a mask: the calls FlexAttention takes over
+    adapter = Adapter(model, mask_token_id=4)
+    ids = torch.as_tensor(random_ids(24, 7))[None].repeat(2, 1)
+    ratios = keep_ratios(importance_weights(np.random.default_rng(4).uniform(size=(3, 4)), scale=2.0), 0.3)
+    exact = SparseAttention(adapter, ratios, block_size=4, gen_length=8, backend="exact")
+    flex = SparseAttention(adapter, ratios, block_size=4, gen_length=8, backend="flex")
+    with torch.no_grad():
+        with exact.building():
+            model(input_ids=ids)
+        flex.masks = dict(exact.masks)
+        with exact.applied():
+            want = model(input_ids=ids)[0]
+        with flex.applied():
+            got = model(input_ids=ids)[0]
+    assert len(flex._flex_masks) == 3  # every layer ran through FlexAttention
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="sparse_validation.backend"):
+        SparseAttention(adapter, ratios, 4, backend="triton")

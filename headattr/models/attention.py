@@ -116,6 +116,19 @@ class KernelCall:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
         return torch.softmax(scores, dim=-1)
 
+    def flex_ready(self) -> bool:
+        """An SDPA call FlexAttention can take over as is: no attention mask, not causal, no dropout."""
+        a = self._sdpa_inputs()
+        return self.kind == "sdpa" and a.get("attn_mask") is None and not a.get("is_causal") and not a.get("dropout_p")
+
+    def run_flex(self, block_mask, flex: Callable):
+        """The call through ``flex(q, k, v, block_mask=..., scale=..., enable_gqa=...)`` (see :meth:`flex_ready`)."""
+        a = self._sdpa_inputs()
+        q, k = a["query"], a["key"]
+        return flex(
+            q, k, a["value"], block_mask=block_mask, scale=a.get("scale"), enable_gqa=k.shape[-3] != q.shape[-3]
+        )
+
     def run(self, keep: torch.Tensor | None = None):
         """The kernel's own output; with ``keep`` (boolean [batch or 1, heads, query, key]) the exact attention
         restricted to the kept keys of each query."""

@@ -16,12 +16,16 @@ The math, as the users' ``allocate_adaptive_sparsity_from_importance`` and ``cre
   added. Ties go to the lower block index.
 
 The sparse attention itself (:class:`SparseAttention`) is the exact attention restricted to the kept blocks,
-run inside each layer's attention kernel through :mod:`headattr.models.attention`. A layer whose mask keeps
+run inside each layer's attention kernel through :mod:`headattr.models.attention`: on CUDA through FlexAttention
+with a block mask (compiled) for SDPA calls without a mask of their own, elsewhere (CPU, eager softmax paths,
+masked or causal calls) as SDPA / softmax with the expanded boolean mask; ``backend: flex`` forces FlexAttention
+(eager, a reference implementation) on the CPU too, which is how the two are checked equal. A layer whose mask keeps
 every block runs its kernel unchanged, so select 1 with uniform weights is dense attention bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 
@@ -33,6 +37,7 @@ from .attention import KernelCall, attention_kernels
 
 WEIGHT_CLAMP = (0.1, 10.0)
 PERCENTILES = (0.05, 0.95)
+BACKENDS = ("auto", "exact", "flex")
 
 
 def importance_weights(
@@ -114,6 +119,25 @@ def token_mask(blocks: torch.Tensor, q_len: int, k_len: int, block_size: int) ->
     return expanded[..., :q_len, :k_len]
 
 
+def flex_block_mask(blocks: torch.Tensor, q_len: int, k_len: int, block_size: int):
+    """A FlexAttention ``BlockMask`` of a block mask [B, H, nQ, nK] (tiles of block_size x block_size)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def keep(b, h, q, k):
+        return blocks[b, h, q // block_size, k // block_size]
+
+    b, h = blocks.shape[:2]
+    return create_block_mask(keep, b, h, q_len, k_len, device=blocks.device, BLOCK_SIZE=block_size, _compile=False)
+
+
+@functools.cache
+def _flex_kernel(cuda: bool):
+    """flex_attention, compiled on CUDA (the fused kernel); eager elsewhere (a reference implementation)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if cuda else flex_attention
+
+
 def block_density(blocks: torch.Tensor) -> np.ndarray:
     """Per head: kept blocks / (nQ * nK), averaged over the batch rows."""
     return blocks.float().mean(dim=(0, 2, 3)).cpu().numpy()
@@ -128,13 +152,16 @@ class SparseAttention:
     ``densities`` holds the realised block density [layers, heads] of the masks last built.
     """
 
-    def __init__(self, adapter, ratios, block_size: int, gen_length: int = 0):
+    def __init__(self, adapter, ratios, block_size: int, gen_length: int = 0, backend: str = "auto"):
         self.adapter = adapter
         self.ratios = np.asarray(ratios, dtype=np.float64)
         if self.ratios.shape != (adapter.n_layers, adapter.n_heads):
             raise ValueError(f"keep ratios must be [{adapter.n_layers}, {adapter.n_heads}], got {self.ratios.shape}")
-        self.block_size, self.gen_length = block_size, gen_length
+        if backend not in BACKENDS:
+            raise ConfigError(f"sparse_validation.backend: {backend!r} is not one of {BACKENDS}")
+        self.block_size, self.gen_length, self.backend = block_size, gen_length, backend
         self.masks: dict[int, torch.Tensor] = {}
+        self._flex_masks: dict[int, object] = {}
 
     @property
     def densities(self) -> np.ndarray:
@@ -142,6 +169,12 @@ class SparseAttention:
 
     def _store(self, index: int, call: KernelCall) -> None:
         self.masks[index] = block_mask(call.probabilities(), self.ratios[index], self.block_size, self.gen_length)
+        self._flex_masks.pop(index, None)
+
+    def _uses_flex(self, call: KernelCall) -> bool:
+        if self.backend == "exact" or not call.flex_ready():
+            return False
+        return self.backend == "flex" or call.kwargs.get("query", call.args[0]).is_cuda
 
     def _build(self, index: int, call: KernelCall):
         self._store(index, call)
@@ -151,6 +184,10 @@ class SparseAttention:
         blocks = self.masks[index]
         if bool(blocks.all()):
             return call.run()
+        if self._uses_flex(call):
+            if index not in self._flex_masks:
+                self._flex_masks[index] = flex_block_mask(blocks, *call.lengths(), self.block_size)
+            return call.run_flex(self._flex_masks[index], _flex_kernel(blocks.is_cuda))
         return call.run(token_mask(blocks, *call.lengths(), self.block_size))
 
     def _rebuild(self, index: int, call: KernelCall):
