@@ -104,3 +104,35 @@ def test_generation_through_the_lm_with_select_one_or_skip_one_is_dense():
     lm.set_sparse_attention(np.full((3, 4), 0.1), block_size=2, skip=0.2)
     lm.generate_until(ctx)
     assert lm.sparse_densities and lm.sparse_densities[-1] < 1
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ({"sparse_select": 0}, "sparse_validation.select"),
+        ({"sparse_select": 1.2}, "sparse_validation.select"),
+        ({"sparse_select": 0.3, "sparse_skip": 1.0}, "sparse_validation.skip"),
+        ({"sparse_select": 0.3, "sparse_block_size": 0}, "sparse_validation.block_size"),
+        ({"sparse_select": 0.3, "sparse_min_keep_ratio": 0}, "sparse_validation.min_keep_ratio"),
+        ({"sparse_select": 0.3, "sparse_importance": "nope.pt"}, "sparse_importance: 'nope.pt' does not exist"),
+    ],
+)
+def test_bad_sparse_model_args_fail_before_the_model_loads(args, match):
+    from headattr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        HeadAttrLM(pretrained="does/not/exist", **args)
+
+
+def test_model_args_map_importance_to_keep_ratios_and_leave_absent_layers_dense(tmp_path):
+    importance = np.random.default_rng(5).uniform(size=(3, 4))
+    path = tmp_path / "head_importance.pt"
+    torch.save({"importance_scores": {0: torch.tensor(importance[0]), 2: torch.tensor(importance[2])}}, path)
+    lm = _lm(sparse_select=0.3, sparse_importance=str(path), sparse_block_size=2)
+    ratios = lm._sparse[0]
+    np.testing.assert_allclose(ratios[1], 1.0)  # layer 1 is not in the file: dense, as the users' model
+    expected = keep_ratios(importance_weights(importance[[0, 2]]), 0.3)
+    np.testing.assert_allclose(ratios[[0, 2]], expected)
+    uniform = _lm(sparse_select=0.3, sparse_block_size=2)
+    np.testing.assert_allclose(uniform._sparse[0], 0.3)
+    assert uniform._sparse[1:] == (2, 0.2)
