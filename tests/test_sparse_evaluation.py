@@ -109,11 +109,11 @@ def test_generation_through_the_lm_with_select_one_or_skip_one_is_dense():
 @pytest.mark.parametrize(
     "args, match",
     [
-        ({"sparse_select": 0}, "sparse_validation.select"),
-        ({"sparse_select": 1.2}, "sparse_validation.select"),
-        ({"sparse_select": 0.3, "sparse_skip": 1.0}, "sparse_validation.skip"),
-        ({"sparse_select": 0.3, "sparse_block_size": 0}, "sparse_validation.block_size"),
-        ({"sparse_select": 0.3, "sparse_min_keep_ratio": 0}, "sparse_validation.min_keep_ratio"),
+        ({"sparse_select": 0}, "sparse_select"),
+        ({"sparse_select": 1.2}, "sparse_select"),
+        ({"sparse_select": 0.3, "sparse_skip": 1.0}, "sparse_skip"),
+        ({"sparse_select": 0.3, "sparse_block_size": 0}, "sparse_block_size"),
+        ({"sparse_select": 0.3, "sparse_min_keep_ratio": 0}, "sparse_min_keep_ratio"),
         ({"sparse_select": 0.3, "sparse_importance": "nope.pt"}, "sparse_importance: 'nope.pt' does not exist"),
     ],
 )

@@ -21,7 +21,7 @@ from ..models.sparse import SparseAttention, importance_weights, keep_ratios
 def build_step(skip: float, steps: int) -> int:
     """The step that builds the masks: int(skip * steps) + 1 (the users' end_time)."""
     if not 0 <= skip <= 1:
-        raise ConfigError(f"sparse_validation.skip: {skip} is not in [0, 1)")
+        raise ConfigError(f"sparse_skip: {skip} is not in [0, 1]")
     return int(skip * steps) + 1
 
 
@@ -47,15 +47,15 @@ def check_sparse_args(select, skip, block_size, min_keep_ratio, scale) -> None:
     if select is None:
         return
     if not 0 < float(select) <= 1:
-        raise ConfigError(f"sparse_validation.select: {select} is not in (0, 1]")
+        raise ConfigError(f"sparse_select: {select} is not in (0, 1]")
     if not 0 <= float(skip) < 1:
-        raise ConfigError(f"sparse_validation.skip: {skip} is not in [0, 1)")
+        raise ConfigError(f"sparse_skip: {skip} is not in [0, 1)")
     if int(block_size) < 1:
-        raise ConfigError(f"sparse_validation.block_size: {block_size} must be >= 1")
+        raise ConfigError(f"sparse_block_size: {block_size} must be >= 1")
     if not 0 < float(min_keep_ratio) <= 1:
-        raise ConfigError(f"sparse_validation.min_keep_ratio: {min_keep_ratio} is not in (0, 1]")
+        raise ConfigError(f"sparse_min_keep_ratio: {min_keep_ratio} is not in (0, 1]")
     if float(scale) < 0:
-        raise ConfigError(f"sparse_validation.weight_scale: {scale} must be >= 0")
+        raise ConfigError(f"sparse_weight_scale: {scale} must be >= 0")
 
 
 def sparse_ratios(
@@ -74,7 +74,7 @@ def sparse_ratios(
     s = np.asarray(importance, dtype=np.float64)
     rows = np.isfinite(s).all(axis=1)
     if not rows.any():
-        raise ConfigError("sparse_validation: the importance has no layer with finite scores")
+        raise ConfigError("sparse_importance: the importance has no layer with finite scores")
     ratios = np.ones_like(s)
     w = importance_weights(s[rows], scale, increases_keep, n_kv_heads)
     ratios[rows] = keep_ratios(w, select, min_keep_ratio)

@@ -64,7 +64,7 @@ def importance_weights(
 def keep_ratios(weights, select: float, min_keep_ratio: float = 0.01) -> np.ndarray:
     """r = clamp(w * select, min_keep_ratio, 1) per head."""
     if not 0 < select <= 1:
-        raise ConfigError(f"sparse_validation.select: {select} is not in (0, 1]")
+        raise ConfigError(f"sparse select: {select} is not in (0, 1]")
     return np.clip(np.asarray(weights, dtype=np.float64) * select, min_keep_ratio, 1.0)
 
 
@@ -103,7 +103,7 @@ def block_mask(probs: torch.Tensor, ratios, block_size: int, gen_length: int = 0
     if ratios.shape != (probs.shape[1],):
         raise ValueError(f"need one keep ratio per head ({probs.shape[1]}), got shape {ratios.shape}")
     if block_size > probs.shape[-1]:
-        raise ConfigError(f"sparse_validation.block_size: {block_size} exceeds the sequence length {probs.shape[-1]}")
+        raise ConfigError(f"sparse block_size: {block_size} exceeds the sequence length {probs.shape[-1]}")
     last = generation_start(probs.shape[-2], block_size, gen_length)
     mask = _top_blocks(_block_importance(probs, block_size), ratios)
     mask[..., last:] = False
@@ -158,7 +158,7 @@ class SparseAttention:
         if self.ratios.shape != (adapter.n_layers, adapter.n_heads):
             raise ValueError(f"keep ratios must be [{adapter.n_layers}, {adapter.n_heads}], got {self.ratios.shape}")
         if backend not in BACKENDS:
-            raise ConfigError(f"sparse_validation.backend: {backend!r} is not one of {BACKENDS}")
+            raise ConfigError(f"sparse backend: {backend!r} is not one of {BACKENDS}")
         self.block_size, self.gen_length, self.backend = block_size, gen_length, backend
         self.masks: dict[int, torch.Tensor] = {}
         self._flex_masks: dict[int, object] = {}
