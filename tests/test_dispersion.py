@@ -4,7 +4,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from headattr.errors import ConfigError
 from headattr.stats.dispersion import block_distribution, dispersion
 
 
@@ -83,19 +85,74 @@ def test_the_pass_gives_closed_form_values_on_planted_uniform_attention():
     np.testing.assert_allclose(blocks["topk_mass"], 2 / 3, rtol=1e-6)
 
 
-def test_the_pass_sees_real_attention_and_refuses_models_without_it():
+class _SoftmaxElsewhereBlock(torch.nn.Module):
+    """A LLaDA-like block computing attention with torch.softmax: a kernel the attention hook does not reach."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def attention(self, q, k, v, *args, **kwargs):
+        b, t, _ = q.shape
+        q, k, v = (x.view(b, t, 4, -1).transpose(1, 2) for x in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1) @ v
+        return self.block.attn_out(att.transpose(1, 2).reshape(b, t, -1)), None
+
+
+def test_the_pass_sees_real_attention_on_llada_and_refuses_a_model_without_the_hook():
     from helpers import llada_standin, tiny_bert
 
     from headattr.analysis.dispersion import head_dispersion
     from headattr.errors import ConfigError
     from headattr.models.adapters import Adapter
 
-    adapter = Adapter(tiny_bert(), mask_token_id=4)
-    table = head_dispersion(adapter, _scored(adapter, (16,)))
-    assert (table["entropy_norm"] < 1 - 1e-4).all() and (table["entropy_norm"] > 0).all()  # neither extreme
-    standin = Adapter(llada_standin())
-    with pytest.raises(ConfigError, match="dispersion.enabled"):
-        head_dispersion(standin, _scored(standin, (8,)))
+    for model in (tiny_bert(), llada_standin()):  # LLaDA has no output_attentions: the hook computes them
+        adapter = Adapter(model, mask_token_id=4)
+        table = head_dispersion(adapter, _scored(adapter, (16,)))
+        assert len(table) == 3 * 4
+        assert (table["entropy_norm"] < 1 - 1e-4).all() and (table["entropy_norm"] > 0).all()  # neither extreme
+    standin = llada_standin()
+    for block in standin.model.transformer["blocks"]:
+        block.attention = _SoftmaxElsewhereBlock(block).attention
+    adapter = Adapter(standin, mask_token_id=4)
+    with pytest.raises(ConfigError, match="dispersion.enabled: layer 0 of the llada model"):
+        head_dispersion(adapter, _scored(adapter, (8,)))
+
+
+def test_query_span_and_per_mask_prob_equal_dispersion_of_output_attentions():
+    """Independent reference: the metrics of transformers' own output_attentions, sliced by hand."""
+    from helpers import tiny_bert
+
+    from headattr.analysis.dispersion import head_dispersion, query_positions
+    from headattr.models.adapters import Adapter
+
+    model = tiny_bert()
+    adapter = Adapter(model, mask_token_id=4)
+    scored = _scored(adapter, (14, 18), probs=(0.2, 0.6, 0.9))
+    targets = [(3, 9), (5, 17)]
+    reference = {}
+    for i, s in enumerate(scored):
+        with torch.no_grad():
+            attentions = model(input_ids=s.input_ids, output_attentions=True).attentions
+        for span, queries in (("target", slice(*targets[i])), ("last_n", slice(s.input_ids.shape[1] - 4, None))):
+            for layer, a in enumerate(attentions):
+                a = a[:, :, queries].numpy()
+                for p in (None, 0.6):
+                    rows = slice(None) if p is None else np.asarray(s.mask_probs) == p
+                    d = dispersion(a[rows], 2, 0.25)
+                    for m in d:
+                        key = (span, m if p is None else f"{m}_p0.6")
+                        reference.setdefault(key, np.zeros((3, 4)))[layer] += d[m] / len(scored)
+    for span in ("target", "last_n"):
+        table = head_dispersion(adapter, scored, 2, 0.25, span, targets, last_n=4, per_mask_prob=True)
+        assert {"entropy_p0.2", "entropy_p0.6", "entropy_p0.9"} <= set(table.columns)
+        for column in ("entropy", "topk_mass", "entropy_p0.6", "effective_blocks_p0.6"):
+            np.testing.assert_allclose(table[column], reference[(span, column)].ravel(), rtol=1e-5, atol=1e-7)
+    full = head_dispersion(adapter, scored, 2, 0.25)
+    assert not np.allclose(full["entropy"], table["entropy"])  # the span changes what is measured
+    assert query_positions("last_n", 5, last_n=9) == slice(0, 5)
+    with pytest.raises(ConfigError, match="dispersion.query_span"):
+        query_positions("middle", 5)
 
 
 def test_dispersion_pass_is_planned_only_when_enabled(tmp_path):

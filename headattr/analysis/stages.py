@@ -18,15 +18,24 @@ from .diagnostics import method_diagnostics, seed_diagnostics, unit_diagnostics,
 
 
 def attention_dispersion(tokens_path, masks_path, model_cfg: dict, objective: dict, cfg: dict, out) -> dict:
-    """Per-head attention dispersion over the attribution samples and masks (eager attention for this pass only),
-    written as a head table (see :mod:`headattr.analysis.dispersion`)."""
+    """Per-head attention dispersion over the attribution samples and masks, written as a head table (see
+    :mod:`headattr.analysis.dispersion`; the probabilities come from the attention hook, any implementation)."""
     from .dispersion import head_dispersion
 
     samples = unpack_samples(load_npz(tokens_path))
     masks = unpack_masks(load_npz(masks_path))
-    _, _, adapter = load_adapter({**model_cfg, "attn_implementation": "eager"})
+    _, _, adapter = load_adapter(model_cfg)
     scored = scored_inputs(samples, masks, objective, adapter)
-    table = head_dispersion(adapter, scored, cfg["block_size"], cfg["topk_frac"])
+    table = head_dispersion(
+        adapter,
+        scored,
+        cfg["block_size"],
+        cfg["topk_frac"],
+        query_span=cfg.get("query_span", "all"),
+        targets=[(s.target_start, s.target_end) for s in samples],
+        last_n=cfg.get("last_n", 1),
+        per_mask_prob=cfg.get("per_mask_prob", False),
+    )
     atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
     return {"n_samples": len(samples), "n_heads": len(table)}
 

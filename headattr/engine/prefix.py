@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..models.adapters import Adapter, get_submodule
+from ..models.attention import attention_sites, patched
 
 HIDDEN_KWARGS = ("hidden_states", "hidden_state", "x")
 
@@ -36,15 +37,6 @@ class PrefixError(RuntimeError):
 
 class _Stop(Exception):
     """Raised inside a capture pass once every wanted input is captured (skips the rest of the model)."""
-
-
-@dataclass(frozen=True)
-class AttentionSite:
-    """Where layer i's attention callable lives (``owner.attr``: a module's ``forward`` or a block's method)."""
-
-    owner: object
-    attr: str
-    proj: nn.Module
 
 
 @dataclass(frozen=True)
@@ -61,21 +53,6 @@ def _first_tensor(out) -> tuple[object, int | None]:
     if isinstance(out, tuple) and out and torch.is_tensor(out[0]):
         return out[0], len(out)
     return None, None
-
-
-@contextmanager
-def _patched(owner, attr: str, fn):
-    """``owner.attr = fn`` (an instance attribute shadowing the class's) for the duration of the block."""
-    had = attr in vars(owner)
-    previous = vars(owner).get(attr)
-    object.__setattr__(owner, attr, fn)
-    try:
-        yield
-    finally:
-        if had:
-            object.__setattr__(owner, attr, previous)
-        else:
-            delattr(owner, attr)
 
 
 def _hidden_input(args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | int]:
@@ -99,18 +76,7 @@ class LayerStack:
                 break
         else:
             raise PrefixError(f"the layer list of {type(adapter.model).__name__} is not at {adapter.spec.layer_paths}")
-        pairs = zip(self.layers, adapter.out_projs, strict=True)
-        self.sites = [self._site(layer, adapter.spec.attention, proj) for layer, proj in pairs]
-
-    @staticmethod
-    def _site(layer: nn.Module, path: str | None, proj: nn.Module) -> AttentionSite | None:
-        target = get_submodule(layer, path) if path else None
-        if isinstance(target, nn.Module):
-            return AttentionSite(target, "forward", proj)
-        if callable(target):
-            parent_path, _, attr = path.rpartition(".")
-            return AttentionSite(get_submodule(layer, parent_path) if parent_path else layer, attr, proj)
-        return None
+        self.sites = attention_sites(adapter)
 
     def capture(
         self, forward: Callable[[], object], layers: Iterable[int], attention: Iterable[int] = ()
@@ -180,7 +146,7 @@ class LayerStack:
             seen.update(slot=slot, form=length)
             return out
 
-        stack.enter_context(_patched(site.owner, site.attr, watched))
+        stack.enter_context(patched(site.owner, site.attr, watched))
         stack.callback(site.proj.register_forward_pre_hook(proj_pre).remove)
         stack.callback(site.proj.register_forward_hook(proj_post).remove)
 
@@ -243,4 +209,4 @@ class LayerStack:
             value = site.proj(cached) if form.returns == "proj" else cached
             return value if form.length is None else (value, *([None] * (form.length - 1)))
 
-        return _patched(site.owner, site.attr, replay)
+        return patched(site.owner, site.attr, replay)

@@ -38,6 +38,7 @@ from ..models.gates import gated
 from .elbo import causal_input_length, causal_scored_input, elbo_scored_input
 from .keepmask import CONVENTIONS, ORDERS, keep_mask
 from .sampler import check_schedule, cut_at_stops, cut_at_token, low_confidence_generate
+from .sparse import build_step, check_sparse_args, elbo_context, sparse_ratios, step_schedule
 
 CAUSAL_FAMILIES = ("llama", "gpt2")
 OBJECTIVES = ("auto", "causal", "diffusion")
@@ -112,6 +113,10 @@ class HeadAttrLM(TemplateLM):
         importance (path) with prune_order (most|least|random), prune_fraction, prune_convention
             (global|per_layer), prune_seed, keep_at_least_one_head, layer_start, layer_end (inclusive): build
             the keep-mask with :func:`headattr.evaluation.keepmask.keep_mask` (``random`` needs no importance).
+        sparse_select (float): adaptive block-sparse attention (:mod:`headattr.evaluation.sparse`) with this mean
+            keep ratio; None (default) = dense. sparse_importance (path, ``head_importance.pt`` / ``.npy`` /
+            ``.json``; default uniform weights), sparse_skip (0.2), sparse_block_size (32), sparse_min_keep_ratio
+            (0.01), sparse_weight_scale (2/3), sparse_increases_keep (true): the users' settings.
     """
 
     def __init__(
@@ -145,6 +150,13 @@ class HeadAttrLM(TemplateLM):
         keep_at_least_one_head=True,
         layer_start: int | None = None,
         layer_end: int | None = None,
+        sparse_select: float | None = None,
+        sparse_importance: str | None = None,
+        sparse_skip: float = 0.2,
+        sparse_block_size: int = 32,
+        sparse_min_keep_ratio: float = 0.01,
+        sparse_weight_scale: float = 2 / 3,
+        sparse_increases_keep=True,
         disable_tqdm=False,
         model=None,
         tokenizer=None,
@@ -170,6 +182,9 @@ class HeadAttrLM(TemplateLM):
                 raise ConfigError(f"model_args {exc}") from exc
         prune = (keep_mask, importance, prune_order, prune_fraction, prune_convention)
         _check_prune_args(*prune)  # before the model is loaded
+        check_sparse_args(sparse_select, sparse_skip, sparse_block_size, sparse_min_keep_ratio, sparse_weight_scale)
+        if sparse_importance is not None and not Path(str(sparse_importance)).exists():
+            raise ConfigError(f"sparse_importance: {str(sparse_importance)!r} does not exist")
         if model is None:
             if not pretrained:
                 raise ConfigError("pretrained: give the model path (model_args pretrained=PATH)")
@@ -221,8 +236,23 @@ class HeadAttrLM(TemplateLM):
         )
         self.disable_tqdm = _flag(disable_tqdm, "disable_tqdm")
         self._keep: torch.Tensor | None = None
+        self._sparse: tuple[np.ndarray, int, float] | None = None
+        self.sparse_densities: list[float] = []
         at_least_one = _flag(keep_at_least_one_head, "keep_at_least_one_head")
         self.set_keep_mask(self._keep_from_args(*prune, int(prune_seed), at_least_one, layer_start, layer_end))
+        if sparse_select is not None:
+            shape = (self.adapter.n_layers, self.adapter.n_heads)
+            importance = np.ones(shape) if sparse_importance is None else self._importance(sparse_importance)
+            n_kv = getattr(getattr(model, "config", None), "num_key_value_heads", None)
+            ratios = sparse_ratios(
+                importance,
+                float(sparse_select),
+                float(sparse_min_keep_ratio),
+                float(sparse_weight_scale),
+                _flag(sparse_increases_keep, "sparse_increases_keep"),
+                n_kv if isinstance(n_kv, int) else None,
+            )
+            self.set_sparse_attention(ratios, int(sparse_block_size), float(sparse_skip))
 
     # ----- pruning ---------------------------------------------------------------------------------------------
 
@@ -256,6 +286,36 @@ class HeadAttrLM(TemplateLM):
         if self._keep is None:
             return np.ones((self.adapter.n_layers, self.adapter.n_heads), dtype=bool)
         return self._keep.bool().cpu().numpy()
+
+    def _importance(self, path) -> np.ndarray:
+        """[n_layers, n_heads] importance from a users' ``head_importance.pt`` or a ``.npy`` / ``.json`` matrix."""
+        if str(path).endswith(".pt"):
+            from ..pipeline.exports import load_importance_file
+
+            return load_importance_file(path, self.adapter.n_layers, self.adapter.n_heads, "sparse_importance")
+        matrix = load_matrix(path, "sparse_importance")
+        if matrix.shape != (self.adapter.n_layers, self.adapter.n_heads):
+            raise ConfigError(f"sparse_importance: shape {matrix.shape} does not match the model's heads")
+        return matrix
+
+    def set_sparse_attention(self, ratios=None, block_size: int = 32, skip: float = 0.2) -> None:
+        """Adaptive block-sparse attention with keep ratios [n_layers, n_heads] (see :mod:`headattr.models.sparse`
+        and :mod:`headattr.evaluation.sparse`); None = dense. ``sparse_densities`` collects the mean realised
+        block density of every sparse generation and likelihood call."""
+        if ratios is None:
+            self._sparse = None
+            return
+        ratios = np.asarray(ratios, dtype=np.float64)
+        if ratios.shape != (self.adapter.n_layers, self.adapter.n_heads):
+            raise ConfigError(f"sparse keep ratios: shape {ratios.shape} does not match the model's heads")
+        build_step(skip, 1)  # checks the range
+        self._sparse = (ratios, int(block_size), float(skip))
+
+    def _sparse_attention(self, gen_length: int):
+        from ..models.sparse import SparseAttention
+
+        ratios, block_size, _ = self._sparse
+        return SparseAttention(self.adapter, ratios, block_size, gen_length)
 
     def _gate_rows(self, n: int) -> torch.Tensor:
         keep = self._keep if self._keep is not None else torch.ones(self.adapter.n_layers, self.adapter.n_heads)
@@ -388,9 +448,13 @@ class HeadAttrLM(TemplateLM):
             self.adapter.shift_logits,
             self.seed,
         )
-        losses = self.engine.losses(
-            scored, torch.arange(self.mc_num), self._gate_rows(self.mc_num), describe=lambda r: f"MC row {r}"
-        )
+        sparse = self._sparse_attention(len(continuation)) if self._sparse else None
+        with elbo_context(sparse):
+            losses = self.engine.losses(
+                scored, torch.arange(self.mc_num), self._gate_rows(self.mc_num), describe=lambda r: f"MC row {r}"
+            )
+        if sparse is not None:
+            self.sparse_densities.append(float(sparse.densities.mean()))
         greedy = False
         if self.check_greedy:
             prompt = torch.as_tensor([context], dtype=torch.long, device=self._device)
@@ -442,8 +506,10 @@ class HeadAttrLM(TemplateLM):
         return torch.autocast(self._device.type, dtype=self._autocast_dtype)
 
     def _diffusion_sample(self, prompt: torch.Tensor, gen_length: int, block_length: int, steps: int):
+        sparse = self._sparse_attention(gen_length) if self._sparse else None
+        schedule = step_schedule(sparse, self._sparse[2], steps) if sparse else None
         with torch.no_grad(), gated(self.adapter, self._keep), self._autocast():
-            return low_confidence_generate(
+            out = low_confidence_generate(
                 self._aligned_logits,
                 prompt,
                 gen_length,
@@ -451,7 +517,11 @@ class HeadAttrLM(TemplateLM):
                 steps,
                 self.adapter.mask_token_id,
                 suffix=self._template_suffix(),
+                step_context=schedule,
             )
+        if sparse is not None and sparse.masks:
+            self.sparse_densities.append(float(sparse.densities.mean()))
+        return out
 
     def _uses_dream_generate(self) -> bool:
         has = callable(getattr(self.model, "diffusion_generate", None))

@@ -13,6 +13,7 @@ never predicted (its logit is excluded from the argmax), so an unmasked position
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -45,6 +46,7 @@ def low_confidence_generate(
     mask_token_id: int,
     trace: list | None = None,
     suffix: Sequence[int] = (),
+    step_context: Callable[[int], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """Prompt long [batch, P] -> long [batch, P + gen_length].
 
@@ -52,6 +54,8 @@ def low_confidence_generate(
     (a shifted-logit model's wrapper shifts them first). ``suffix`` (S fixed ids, e.g. BERT's [SEP]) follows the
     masked span in every forward, as the tokenizer's template puts it after a text, and is cut from the output.
     With ``trace`` a list, each step appends the bool [batch, P + gen_length + S] of positions it unmasked.
+    ``step_context(i)`` is the context the forward of step i (0..steps-1 over all blocks) runs in (e.g. the
+    sparse-attention schedule of :func:`headattr.evaluation.sparse.step_schedule`).
     """
     per_block = check_schedule(gen_length, block_length, steps)
     batch, plen = prompt.shape
@@ -66,7 +70,8 @@ def low_confidence_generate(
         schedules = [transfer_schedule(int((row[lo:hi] == mask_token_id).sum()), per_block) for row in x]
         for step in range(per_block):
             masked = (x == mask_token_id) & in_block
-            logits = logits_fn(x).to(torch.float64)
+            with (step_context or (lambda i: nullcontext()))(block * per_block + step):
+                logits = logits_fn(x).to(torch.float64)
             logits[..., mask_token_id] = -torch.inf
             probs = torch.softmax(logits, dim=-1)
             conf, pred = probs.max(dim=-1)

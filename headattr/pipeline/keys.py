@@ -266,6 +266,14 @@ def diagnostic_groups(config: dict) -> dict:
     return out
 
 
+DISPERSION_ADDED = {"query_span": "all", "last_n": 1, "per_mask_prob": False}
+
+
+def _set_only(cfg: dict, added: dict) -> dict:
+    """``cfg`` without the keys of ``added`` left at their defaults (configs that do not set them keep their keys)."""
+    return {k: v for k, v in cfg.items() if k not in added or v != added[k]}
+
+
 def dispersion_groups(config: dict) -> dict:
     """Per seed, when ``dispersion.enabled``: {key: (seed, unit)} of the attention-dispersion pass over that seed's
     attribution samples and masks (the unit's tokens and masks keys; no attribution settings enter the key)."""
@@ -274,6 +282,6 @@ def dispersion_groups(config: dict) -> dict:
         return {}
     out = {}
     for unit in {u.seed: u for u in units(config)}.values():
-        params = {"masks": unit.slices["masks"], "model": model_slice(config), "d": cfg}
+        params = {"masks": unit.slices["masks"], "model": model_slice(config), "d": _set_only(cfg, DISPERSION_ADDED)}
         out[stage_key(f"seed{unit.seed}-dispersion", params)] = (unit.seed, unit)
     return out
