@@ -131,3 +131,38 @@ def test_max_steps_below_steps_is_a_config_error():
     config["ig"] |= {"tol": 1e-3, "steps": 16, "max_steps": 8}
     with pytest.raises(ConfigError, match="ig.max_steps"):
         check_config(config, REPO)
+
+
+SQRT_EPS = 1e-6
+
+
+def sqrt_layer1(g):
+    """Layer 1: c_h sqrt(g + 1e-6), whose dL/dg ~ 1 / (2 sqrt(t)) is near-singular at the start; others linear."""
+    layer1 = (COEF[1] * torch.sqrt(g[..., 1, :] + SQRT_EPS)).sum(-1)
+    return layer1 + (COEF[[0, 2]] * g[..., [0, 2], :]).sum((-2, -1))
+
+
+def test_panels_reach_tol_at_a_near_singular_start_where_doubling_does_not():
+    """Gauss-Legendre doubled to the cap 128 leaves 2.5e-3 on sqrt(t + 1e-6); panels bisected toward t = 0
+    (graded nodes found by the exact panel gaps) reach 1e-3 below the cap; IG = c_h (sqrt(1 + eps) - sqrt(eps))."""
+    paths = make_paths("per_layer", N_LAYERS, N_HEADS)
+    run = {"tol": 1e-3, "max_steps": 128}
+    doubled = adaptive_integrated_gradients(FunctionEngine(sqrt_layer1), ToyScored(), paths, "gauss_legendre", 8, **run)
+    engine = FunctionEngine(sqrt_layer1)
+    res = adaptive_integrated_gradients(engine, ToyScored(), paths, "gauss_legendre", 8, refine="panels", **run)
+    gap = {name: relative_gap(r.gap, r.loss_full[:, None] - r.loss_base) for name, r in (("d", doubled), ("p", res))}
+    assert doubled.extras["steps_used"][0, 1] == 128 and gap["d"][:, 1].max() > 2e-3
+    assert gap["p"].max() <= 1e-3
+    steps = res.extras["steps_used"]
+    assert steps[0, [0, 2]].tolist() == [8, 8] and 16 < steps[0, 1] < 128 and steps[0, 1] % 8 == 0
+    exact = COEF[1].numpy() * (np.sqrt(1 + SQRT_EPS) - np.sqrt(SQRT_EPS))
+    np.testing.assert_allclose(res.ig[1, 1], 2 * exact, rtol=1e-3)  # p index 1 scales the loss by 2
+    np.testing.assert_allclose(res.ig[:, [0, 2]], doubled.ig[:, [0, 2]])  # converged paths are not redone
+
+
+def test_refine_enters_the_settings_only_when_not_double():
+    assert "refine" not in method_settings(_config(tol=1e-3, refine="double"), "per_layer")["options"]
+    assert method_settings(_config(tol=1e-3, refine="panels"), "per_layer")["options"]["refine"] == "panels"
+    assert method_settings(_config(refine="panels"), "per_layer")["options"] == {}  # no tol, no refinement
+    with pytest.raises(ConfigError, match="ig.refine"):
+        adaptive_integrated_gradients(FunctionEngine(sqrt_layer1), ToyScored(), make_paths("joint", 3, 4), refine="x")

@@ -10,7 +10,7 @@ from headattr.data.samples import Sample, pack_samples, unpack_samples
 from headattr.engine.gate_engine import GateEngine
 from headattr.errors import ConfigError, DataError
 from headattr.models.adapters import Adapter
-from headattr.objective.loss import build_scored_input
+from headattr.objective.loss import build_scored_input, token_cross_entropy
 from headattr.objective.masking import draw_mask, draw_masks, pack_masks, unpack_masks
 
 
@@ -128,3 +128,34 @@ def test_objective_errors():
         build_scored_input(s, np.zeros((1, 10), bool), [0.5], "diffusion", "median", 4)
     with pytest.raises(ConfigError, match="mask_token_id"):
         build_scored_input(s, np.zeros((1, 10), bool), [0.5], "diffusion", "mean", None)
+
+
+def _confident_logits(margin: float, vocab: int = 6000, n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits [n, vocab] whose target (a random token) leads the N(0, 1) others by ``margin``."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(n, vocab, generator=gen)
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    logits[torch.arange(n), targets] = margin
+    return logits, targets
+
+
+@pytest.mark.parametrize("margin", [0.0, 8.0, 12.0, 16.0])
+def test_token_cross_entropy_keeps_fp32_precision_where_the_target_is_certain(margin):
+    logits, targets = _confident_logits(margin)
+    z = logits.double().numpy()
+    top = z.max(1, keepdims=True)
+    log_p = z - top - np.log(np.exp(z - top).sum(1, keepdims=True))  # fp64 reference from the formula
+    idx = np.arange(len(z)), targets.numpy()
+    ref_loss = -log_p[idx]
+    ref_grad = np.exp(log_p)
+    ref_grad[idx] -= 1.0  # d CE / d logits = softmax - onehot
+    x = logits.clone().requires_grad_(True)
+    loss = token_cross_entropy(x, targets)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32
+    np.testing.assert_allclose(loss.detach().double().numpy(), ref_loss, rtol=2e-6)
+    np.testing.assert_allclose(x.grad.double().numpy()[idx], ref_grad[idx], rtol=2e-6)
+    np.testing.assert_allclose(x.grad.double().numpy(), ref_grad, rtol=2e-5, atol=1e-12)
+    if margin == 16:  # loss ~1e-3, as on the demo model's copy items: F.cross_entropy in fp32 is 100x worse
+        plain = F.cross_entropy(logits, targets, reduction="none").double().numpy()
+        assert np.abs(plain / ref_loss - 1).max() > 2e-4

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from headattr.errors import ConfigError
-from headattr.methods.quadrature import RULES, nodes_and_weights
+from headattr.methods.quadrature import RULES, nodes_and_weights, panel_gauss_legendre
 
 
 def test_pinned_values():
@@ -40,3 +40,29 @@ def test_bad_rule_and_short_trapezoid():
         nodes_and_weights("simpson", 4)
     with pytest.raises(ConfigError, match="trapezoid"):
         nodes_and_weights("trapezoid", 1)
+
+
+def test_panel_gauss_legendre_is_exact_for_piecewise_polynomials_on_its_edges():
+    """f = t^3 below 5/16, 2 - (1 - t)^3 above: a kink at 5/16; 2 nodes per panel integrate cubics exactly."""
+    t, w = panel_gauss_legendre([[0, 5 / 16], [5 / 16, 1]], 2)
+    f = np.where(t < 5 / 16, t**3, 2 - (1 - t) ** 3)
+    exact = (5 / 16) ** 4 / 4 + 2 * (11 / 16) - (11 / 16) ** 4 / 4  # antiderivatives t^4/4 and 2t + (1-t)^4/4
+    assert t.shape == w.shape == (4,)
+    assert np.isclose(w @ f, exact, rtol=1e-14, atol=0)
+    assert not np.isclose(nodes_and_weights("gauss_legendre", 4)[1] @ f, exact, rtol=1e-6)  # one panel is not
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_panel_gauss_legendre_degree(steps):
+    panels = [[0.0, 0.125], [0.125, 0.5], [0.5, 1.0]]
+    t, w = panel_gauss_legendre(panels, steps)
+    np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-14)
+    for degree in range(2 * steps):
+        np.testing.assert_allclose(w @ t**degree, 1 / (degree + 1), rtol=1e-12)
+    assert abs(w @ t ** (2 * steps) - 1 / (2 * steps + 1)) > 1e-10  # degree 2 steps is not exact
+    assert np.all(np.diff(t) > 0)  # panel by panel, in order
+
+
+def test_panel_gauss_legendre_needs_increasing_panels():
+    with pytest.raises(ValueError, match="a < b"):
+        panel_gauss_legendre([[0.5, 0.5]], 2)

@@ -22,12 +22,11 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import NonFiniteError
 from ..models.adapters import Adapter
 from ..models.gates import HeadGates
-from ..objective.loss import ScoredInput
+from ..objective.loss import ScoredInput, token_cross_entropy
 from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
 from .prefix import LayerStack
 
@@ -300,7 +299,7 @@ class GateEngine:
                 logits = out.logits if hasattr(out, "logits") else out[0]
                 logits = logits.reshape(-1, logits.shape[-1]) if self._selected else logits[self._selection]
                 compute = torch.promote_types(logits.dtype, torch.float32)
-                ce = F.cross_entropy(logits.to(compute), targets, reduction="none")
+                ce = token_cross_entropy(logits.to(compute), targets)
                 row_loss = torch.zeros(len(n), dtype=compute, device=self.device).index_add(
                     0, self._selection[0], ce * weight64.to(compute)
                 )

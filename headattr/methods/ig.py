@@ -51,12 +51,13 @@ def first_moving_layer(paths: GatePaths) -> torch.Tensor:
     return torch.where(moves.any(-1), moves.float().argmax(-1), 0).long()
 
 
-def node_weights(paths, rule: str, steps: int) -> tuple[np.ndarray, torch.Tensor]:
+def node_weights(paths, rule: str, steps: int, nodes=None) -> tuple[np.ndarray, torch.Tensor]:
     """(nodes t [m], weights [m, Q, L, H]) with IG = sum_k dL/dg(g(t_k)) * weights_k: the path's own quadrature
-    (threshold paths, see :mod:`headattr.methods.stp`) or w_k * dg/dt(t_k) for a smooth path."""
+    (threshold paths, see :mod:`headattr.methods.stp`) or w_k * dg/dt(t_k) for a smooth path, at the rule's
+    nodes or at ``nodes`` = (t [m], w [m]) when given."""
     if hasattr(paths, "quadrature"):
         return paths.quadrature(rule, steps)
-    t, w = nodes_and_weights(rule, steps)
+    t, w = nodes_and_weights(rule, steps) if nodes is None else nodes
     return t, torch.as_tensor(w)[:, None, None, None] * paths.velocity(t)
 
 
@@ -67,6 +68,7 @@ def integrated_gradients(
     rule: str = "riemann_right",
     steps: int = 8,
     start_losses: bool = True,
+    nodes=None,
 ) -> SampleAttribution:
     """IG of ``scored`` along every path in ``paths`` with quadrature ``rule`` at ``steps`` nodes.
 
@@ -75,8 +77,10 @@ def integrated_gradients(
 
     ``start_losses=False`` skips the forward rows that only serve the completeness check (the loss at a path
     start that is not a quadrature node): ``loss_base`` and ``gap`` are NaN there, ``ig`` is unchanged.
+    ``nodes`` = (t [m], w [m]) replaces the rule's nodes (smooth paths); the result then carries
+    ``extras["node_ig"]`` float64 [n_p, m, L, H], each node's term of ``ig`` (summed over paths).
     """
-    t, weights = node_weights(paths, rule, steps)  # [m], [m, Q, L, H]
+    t, weights = node_weights(paths, rule, steps, nodes)  # [m], [m, Q, L, H]
     n_p, n_q, m = scored.n_p, paths.n_paths, len(t)
     node_gates = paths.gates(t)  # [m, Q, L, H]
     n_layers, n_heads = node_gates.shape[-2:]
@@ -142,6 +146,7 @@ def integrated_gradients(
     ig_paths = torch.einsum("pqklh,kqlh->pqlh", grads, weights)  # [n_p, Q, L, H]
     path_weight = getattr(paths, "weight", None)  # [Q]: 1 / P for P averaged paths
     ig = ig_paths.sum(1) if path_weight is None else torch.einsum("pqlh,q->plh", ig_paths, path_weight.double())
+    extras = {} if nodes is None else {"node_ig": torch.einsum("pqklh,kqlh->pklh", grads, weights).numpy()}
     return SampleAttribution(
         sample_id=scored.sample_id,
         ig=ig.float().numpy(),
@@ -149,4 +154,5 @@ def integrated_gradients(
         loss_base=loss_base.numpy(),
         ig_sum=ig_paths.sum((2, 3)).numpy(),
         n_scored=np.asarray(scored.n_scored, dtype=np.int64),
+        extras=extras,
     )

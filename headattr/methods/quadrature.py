@@ -2,6 +2,8 @@
 
 Pure functions, no model. ``riemann_right`` (t = k/m, k = 1..m) is what the users' scripts do, so their
 numbers can be reproduced. Every rule's weights sum to 1, so IG is exact for integrands constant in t.
+:func:`panel_gauss_legendre` puts a Gauss-Legendre rule on each panel of a split [0, 1] (the panels of
+``ig.refine: panels``, see :mod:`headattr.methods.adaptive`).
 """
 
 from __future__ import annotations
@@ -35,3 +37,17 @@ def nodes_and_weights(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         return k / (m - 1), w
     x, w = np.polynomial.legendre.leggauss(m)
     return (x + 1) / 2, w / 2
+
+
+def panel_gauss_legendre(panels, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t [P * steps], w [P * steps]): ``steps`` Gauss-Legendre nodes on each panel [a_i, b_i] of ``panels`` [P, 2].
+
+    Panel i owns nodes i * steps .. (i + 1) * steps - 1. Panels that tile [0, 1] make a rule exact for piecewise
+    polynomials of degree <= 2 * steps - 1 whose breakpoints are panel edges.
+    """
+    panels = np.asarray(panels, dtype=np.float64).reshape(-1, 2)
+    if not bool(np.all(panels[:, 1] > panels[:, 0])):
+        raise ValueError(f"panels must have a < b, got {panels.tolist()}")
+    t, w = nodes_and_weights("gauss_legendre", steps)
+    lo, width = panels[:, :1], panels[:, 1:] - panels[:, :1]
+    return (lo + width * t[None]).ravel(), (width * w[None]).ravel()

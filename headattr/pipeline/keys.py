@@ -88,6 +88,17 @@ IG_METHODS = ("per_layer", "joint", "layered")
 STP_METHODS = ("stp", "stp_layer")
 
 
+def tol_options(ig: dict) -> dict:
+    """ig.tol's options; ig.tol null (or ig.refine at its default, double) leaves the options, and so the
+    artifact keys, of configs without them unchanged."""
+    if ig.get("tol") is None:
+        return {}
+    options = {k: ig[k] for k in ("tol", "max_steps", "gap_floor")}
+    if ig.get("refine", "double") != "double":
+        options["refine"] = ig["refine"]
+    return options
+
+
 def method_settings(config: dict, method: str) -> dict:
     """The settings that determine a method's numbers (beyond data, masks and model)."""
     g = config["ig"]
@@ -97,8 +108,7 @@ def method_settings(config: dict, method: str) -> dict:
             "steps": g["steps"],
             "baseline": g["baseline"],
             "lambdas": g["lambdas"] if method == "layered" else None,
-            # ig.tol null leaves the options (and so the artifact keys) of configs without it unchanged
-            "options": {k: g[k] for k in ("tol", "max_steps", "gap_floor")} if g.get("tol") is not None else {},
+            "options": tol_options(g),
         }
     if method in STP_METHODS:
         options = {k: g[k] for k in ("path_samples", "path_seed", "stp_rule")}

@@ -43,6 +43,12 @@ NO_COMPLETENESS = ("first_order", "leave_one_out")
 GAP_KEYS = ("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median", "n_over_threshold", "n_rows")
 
 
+REFINE_NOTES = {
+    "double": "doubled",
+    "panels": "then split into Gauss-Legendre panels of as many nodes, bisected where their exact gaps are largest,",
+}
+
+
 def completeness_digest(comp: pd.DataFrame, floor: float, threshold: float, steps_used=None, ig_opts=None) -> dict:
     """Absolute and floored relative gaps of one dump's completeness table, and the paths that hit ig.max_steps.
 
@@ -509,7 +515,8 @@ def build_report(
     if ig_cfg.get("tol") is not None:
         steps_note = (
             f"`ig.tol` = {ig_cfg['tol']}: each path starts at {ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes, "
-            f"doubled until its relative gap is <= tol or `ig.max_steps` = {ig_cfg.get('max_steps')} (column steps)"
+            f"{REFINE_NOTES[ig_cfg.get('refine', 'double')]} until its relative gap is <= tol or `ig.max_steps` = "
+            f"{ig_cfg.get('max_steps')} nodes (column steps)"
         )
     else:
         steps_note = f"{ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes per path (`ig.tol` off)"
