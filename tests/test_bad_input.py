@@ -44,6 +44,8 @@ def config_with(project, **changes):
 CONFIG_CASES = {
     "unknown_key": ({"ig__stepz": 3}, "stepz"),
     "wrong_type": ({"ig__steps": "eight"}, "steps"),
+    "integer_given_as_float": ({"ig__steps": 2.0}, "config key 'ig.steps': 2.0 is not of type 'integer'"),
+    "max_samples_given_as_float": ({"data__max_samples": 6.0}, "config key 'data.max_samples': 6.0 is not of type"),
     "p_above_one": ({"objective__mask_probs": [0.5, 1.5]}, "mask_probs"),
     "p_zero": ({"objective__mask_probs": [0.0]}, "mask_probs"),
     "steps_below_one": ({"ig__steps": 0}, "steps"),

@@ -366,6 +366,8 @@ STP_CONFIG_CASES = {
     "importance_file_not_tensors": ({"compare": {"importance_files": {"old": "lists.pt"}}}, "not a 1-D float"),
     "importance_file_wrong_shape": ({"compare": {"importance_files": {"old": "wide.pt"}}}, "wide.pt: has [5] heads"),
     "importance_name_clash": ({"compare": {"importance_files": {"stp": "ok.pt"}}}, "clash"),
+    "importance_named_random": ({"compare": {"importance_files": {"random": "ok.pt"}}}, "['random'] are labels"),
+    "importance_named_unpruned": ({"compare": {"importance_files": {"unpruned": "ok.pt"}}}, "reserved: random"),
 }
 
 

@@ -18,6 +18,17 @@ def _is_local_path(path: str) -> bool:
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
+def _strict_validator(jsonschema):
+    """Draft 2020-12 with ``integer`` meaning a Python int: JSON Schema counts 2.0 as an integer, which passes the
+    check and then fails inside a job (``range(2.0)``, a slice by 6.0)."""
+
+    def is_int(checker, value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", is_int))
+
+
 def validate_schema(config: dict, root: Path | str = ".") -> dict:
     """Fill defaults and validate ``config`` against the JSON schema (snakemake.utils.validate), then
     :func:`check_config`. Raises before any rule runs, naming the key."""
@@ -26,7 +37,7 @@ def validate_schema(config: dict, root: Path | str = ".") -> dict:
     from snakemake.utils import validate
 
     schema = yaml.safe_load(SCHEMA.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_strict_validator(jsonschema)(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [
             f"config key '{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}': {e.message}" for e in errors
@@ -98,6 +109,11 @@ def check_layer_range(key: str, layers, shape) -> None:
         raise ConfigError(f"{key}: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
 
 
+RESERVED_LABELS = ("random", "none", "unpruned")
+"""Method labels the tables use for their own rows: the random-order baseline (analysis.deletion, evaluation)
+and the unpruned model (evaluation.protocol); an import under one of them would be merged into those rows."""
+
+
 def check_stp_config(config: dict, root: Path) -> None:
     """ig.layers inside the model, no layer shards with it, shapley_all without it; imported names."""
 
@@ -112,3 +128,9 @@ def check_stp_config(config: dict, root: Path) -> None:
     clash = set(config["compare"]["importance_files"]) & set(g["methods"])
     if clash:
         raise ConfigError(f"compare.importance_files: names {sorted(clash)} clash with ig.methods")
+    reserved = set(config["compare"]["importance_files"]) & set(RESERVED_LABELS)
+    if reserved:
+        raise ConfigError(
+            f"compare.importance_files: names {sorted(reserved)} are labels the pipeline uses in its own tables "
+            f"(reserved: {', '.join(RESERVED_LABELS)}); rename the import"
+        )
