@@ -95,3 +95,53 @@ def test_refused_import_names_its_problem_not_the_unsafe_retry(tmp_path):
     junk.write_bytes(b"not a torch file")
     with pytest.raises(ConfigError, match="junk.pt: cannot be read safely .*: not a torch file or truncated"):
         load_importance_file(junk, L, H)
+
+
+def _bos_tokenizer():
+    """A LLaDA-like tokenizer: a BOS token that its own wrapping does not add (no post-processor), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", "<mask>", "w0", "w1", "w2", "w3"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        mask_token="<mask>",
+    )
+
+
+def test_add_bos_prepends_the_tokenizers_bos_as_the_users_do():
+    from headattr.data.tokenize import TokenizeOptions, encode_record
+
+    tok, record = _bos_tokenizer(), {"id": "a", "prompt": "w0 w1", "response": "w2 w3"}
+    parity = encode_record(record, tok, options=TokenizeOptions(separator=" ", add_bos=True))
+    assert (parity.prefix, parity.prompt, parity.response) == ([2], [5, 6], [7, 8])
+    default = encode_record(record, tok, options=TokenizeOptions(separator=" "))
+    assert default.prefix == [] and default.prompt == [5, 6]
+
+
+def test_add_bos_changes_only_the_keys_of_configs_that_set_it(tmp_path, monkeypatch):
+    import yaml
+    from helpers import write_tiny_project
+
+    from headattr.pipeline.checks import validate_config
+    from headattr.pipeline.keys import units
+
+    monkeypatch.chdir(tmp_path)
+    path = write_tiny_project(tmp_path)
+    base = validate_config(yaml.safe_load(path.read_text()), tmp_path)
+    write_tiny_project(
+        tmp_path, extra={"data": {"source": "pairs.jsonl", "max_samples": 4, "max_len": 48, "add_bos": True}}
+    )
+    with_bos = validate_config(yaml.safe_load(path.read_text()), tmp_path)
+    a, b = units(base), units(with_bos)
+    assert base["data"]["add_bos"] is False and with_bos["data"]["add_bos"] is True
+    assert "add_bos" not in a[0].slices["tokens"]["options"]
+    assert all(
+        u.keys["tokens"] != v.keys["tokens"] and u.keys["data"] == v.keys["data"] for u, v in zip(a, b, strict=True)
+    )

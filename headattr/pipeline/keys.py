@@ -132,6 +132,8 @@ def units(config: dict) -> list[Unit]:
             "tokenizer_sha256": input_checksums(config)["tokenizer"],
             "options": {k: d[k] for k in TOKENIZE_OPTIONS},
         }
+        if d.get("add_bos"):  # only when set: the keys of configs without it are unchanged
+            tokens["options"]["add_bos"] = True
         masks = {
             "tokens": tokens,
             "kind": o["kind"],
