@@ -145,3 +145,18 @@ def test_add_bos_changes_only_the_keys_of_configs_that_set_it(tmp_path, monkeypa
     assert all(
         u.keys["tokens"] != v.keys["tokens"] and u.keys["data"] == v.keys["data"] for u, v in zip(a, b, strict=True)
     )
+
+
+def test_report_steps_note_reads_the_dumps_not_the_config():
+    from headattr.report.document import steps_ran
+
+    summaries = [
+        {"method": "joint", "ran": {"rule": "gauss_legendre", "steps": 2, "tol": 0.01}},
+        {"method": "joint", "ran": {"rule": "gauss_legendre", "steps": 2, "tol": 0.01}},
+        {"method": "stp", "ran": {"rule": "riemann_stieltjes", "steps": 8, "tol": None}},
+    ]
+    note = steps_ran(summaries, 64)
+    assert note == (
+        "joint: each path starts at 2 gauss_legendre nodes, doubled until its relative gap is <= 0.01 or "
+        "`ig.max_steps` = 64 (column steps); stp: 8 riemann_stieltjes steps per path, no refinement"
+    )

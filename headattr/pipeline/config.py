@@ -115,7 +115,8 @@ and the unpruned model (evaluation.protocol); an import under one of them would 
 
 
 def check_stp_config(config: dict, root: Path) -> None:
-    """ig.layers inside the model, no layer shards with it, shapley_all without it; imported names."""
+    """ig.layers inside the model, no layer shards with it, shapley_all without it; no ig.tol with STP (it does
+    not refine); imported names."""
 
     g = config["ig"]
     shape = model_shape(root / config["model"]["path"])
@@ -125,6 +126,13 @@ def check_stp_config(config: dict, root: Path) -> None:
             raise ConfigError("ig.layers: cannot be combined with shard.layers (shard the samples instead)")
         if "shapley_all" in g["methods"]:
             raise ConfigError("ig.layers: shapley_all plays every head against every other; it has no layer range")
+    stp = [m for m in g["methods"] if m in ("stp", "stp_layer")]
+    if g.get("tol") is not None and stp:
+        raise ConfigError(
+            f"ig.tol: adaptive refinement applies to the quadrature paths of per_layer, joint and layered only; "
+            f"{', '.join(stp)} would ignore it (fixed ig.steps, ig.stp_rule): unset ig.tol or run {', '.join(stp)} "
+            "in a config without it"
+        )
     clash = set(config["compare"]["importance_files"]) & set(g["methods"])
     if clash:
         raise ConfigError(f"compare.importance_files: names {sorted(clash)} clash with ig.methods")
