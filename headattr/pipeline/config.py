@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.loading import model_n_layers, model_shape
+from ..models.loading import hub_unreachable, model_n_layers, model_shape
 
 
 def _is_local_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
 
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -68,7 +68,15 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if ".." in config["run"] or "/" in config["run"]:
         raise ConfigError(f"run: {config['run']!r} must be a plain name")
     model_path = config["model"]["path"]
-    if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
+    found = (root / Path(model_path).expanduser()).exists()
+    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
+        problem = hub_unreachable()  # an un-namespaced hub id such as bert-base-uncased
+        if problem:
+            raise ConfigError(
+                f"model.path: {model_path!r} is not found locally, and {problem} to fetch it as a hub id; "
+                "download it and set model.path to its folder"
+            )
+    elif _is_local_path(model_path) and not found:
         raise ConfigError(f"model.path: {model_path!r} does not exist")
     check_source(config["data"]["source"], root, "data.source")
     transfer = config["validation"].get("data")
