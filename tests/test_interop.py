@@ -160,3 +160,20 @@ def test_report_steps_note_reads_the_dumps_not_the_config():
         "joint: each path starts at 2 gauss_legendre nodes, doubled until its relative gap is <= 0.01 or "
         "`ig.max_steps` = 64 (column steps); stp: 8 riemann_stieltjes steps per path, no refinement"
     )
+
+
+def test_editing_an_imported_file_in_place_changes_the_method_comparison_key(tmp_path, monkeypatch):
+    import yaml
+    from helpers import N_HEADS, N_LAYERS, write_tiny_project
+
+    from headattr.pipeline.checks import validate_config
+    from headattr.pipeline.keys import diagnostic_groups
+
+    monkeypatch.chdir(tmp_path)
+    path = write_tiny_project(tmp_path, extra={"compare": {"importance_files": {"old": "old.pt"}}})
+    rows = {x: torch.arange(N_HEADS, dtype=torch.float32) for x in range(N_LAYERS)}
+    torch.save({"importance_scores": rows}, tmp_path / "old.pt")
+    before = sorted(diagnostic_groups(validate_config(yaml.safe_load(path.read_text()), tmp_path))["methods"])
+    torch.save({"importance_scores": {x: -v for x, v in rows.items()}}, tmp_path / "old.pt")
+    after = sorted(diagnostic_groups(validate_config(yaml.safe_load(path.read_text()), tmp_path))["methods"])
+    assert len(before) == len(after) == 2 and set(before).isdisjoint(after)
