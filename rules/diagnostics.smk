@@ -51,6 +51,7 @@ rule diagnose_methods:
         dumps=lambda wc: [
             path("ig", k, "dump.npz") for k in DIAG["methods"][wc.key][1].values()
         ],
+        imported=list(config["compare"]["importance_files"].values()),
     output:
         tables=directory(f"{RESULTS}/diagnostics/methods/{{key}}"),
     log:

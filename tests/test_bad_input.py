@@ -44,6 +44,8 @@ def config_with(project, **changes):
 CONFIG_CASES = {
     "unknown_key": ({"ig__stepz": 3}, "stepz"),
     "wrong_type": ({"ig__steps": "eight"}, "steps"),
+    "integer_given_as_float": ({"ig__steps": 2.0}, "config key 'ig.steps': 2.0 is not of type 'integer'"),
+    "max_samples_given_as_float": ({"data__max_samples": 6.0}, "config key 'data.max_samples': 6.0 is not of type"),
     "p_above_one": ({"objective__mask_probs": [0.5, 1.5]}, "mask_probs"),
     "p_zero": ({"objective__mask_probs": [0.0]}, "mask_probs"),
     "steps_below_one": ({"ig__steps": 0}, "steps"),
@@ -156,3 +158,13 @@ def test_disk_full_while_writing_leaves_no_partial_file(tmp_path):
     with pytest.raises(OSError):
         atomic_write(target, write)
     assert np.load(target)["x"].tolist() == [0, 1, 2], "a failed rewrite keeps the finished file intact"
+
+
+def test_unnamespaced_hub_id_offline_says_so(project, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as info:
+        validate_config(config_with(project, model__path="bert-base-uncased"), project)
+    assert str(info.value) == (
+        "model.path: 'bert-base-uncased' is not found locally, and the hub is offline (HF_HUB_OFFLINE / "
+        "TRANSFORMERS_OFFLINE is set) to fetch it as a hub id; download it and set model.path to its folder"
+    )

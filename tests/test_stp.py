@@ -365,7 +365,10 @@ STP_CONFIG_CASES = {
     "missing_importance_file": ({"compare": {"importance_files": {"old": "nope.pt"}}}, "importance_files.old"),
     "importance_file_not_tensors": ({"compare": {"importance_files": {"old": "lists.pt"}}}, "not a 1-D float"),
     "importance_file_wrong_shape": ({"compare": {"importance_files": {"old": "wide.pt"}}}, "wide.pt: has [5] heads"),
+    "tol_with_stp": ({"ig": {"tol": 0.01}}, "ig.tol: adaptive refinement applies to the quadrature paths"),
     "importance_name_clash": ({"compare": {"importance_files": {"stp": "ok.pt"}}}, "clash"),
+    "importance_named_random": ({"compare": {"importance_files": {"random": "ok.pt"}}}, "['random'] are labels"),
+    "importance_named_unpruned": ({"compare": {"importance_files": {"unpruned": "ok.pt"}}}, "reserved: random"),
 }
 
 

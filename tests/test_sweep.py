@@ -49,6 +49,8 @@ def points_of(config, axes, **sweep):
         ({"K": ("ig.steps", [2, 0])}, {}, "sweep point sweep.axes.K (ig.steps=0): invalid config"),
         ({"M": ("model.path", ["a", "b"])}, {}, "sweep.axes.M.key: 'model.path' cannot be swept"),
         ({"K": ("ig.steps", [2, 2])}, {}, "repeated values"),
+        ({"B": ("ig.baseline", [0.5, 0.5])}, {}, "repeated values"),
+        ({"K": ("ig.steps", [2, 2.0])}, {}, "sweep.axes.K.values: repeated values [2, 2.0]"),
         ({"K": ("ig.steps", [2, 4])}, {"reference": {"K": 8}}, "sweep.reference: {'K': 8} is not a point"),
         ({"K": ("ig.steps", [2, 4])}, {"reference": {"X": 2}}, "sweep.reference: ['X'] are not axes"),
         ({"P": ("ig.methods", [["joint"], ["nope"]])}, {}, 'ig.methods=["nope"]'),
@@ -60,6 +62,16 @@ def test_sweep_config_errors_name_the_key(tiny_config, axes, sweep, message):
     with pytest.raises(ConfigError) as err:
         points_of(tiny_config, axes, **sweep)
     assert message in str(err.value)
+
+
+def test_section_axis_merges_over_the_base_config(tiny_config):
+    base = copy.deepcopy(tiny_config)
+    base["ig"]["rule"], base["data"]["length_policy"] = "gauss_legendre", "truncate"
+    _, points = points_of(base, {"I": ("ig", [{"methods": ["joint"]}, {"methods": ["per_layer"]}])})
+    for point, method in zip(points, ["joint", "per_layer"], strict=True):
+        assert point.config["ig"]["methods"] == [method]
+        assert point.config["ig"]["rule"] == "gauss_legendre" and point.config["ig"]["steps"] == base["ig"]["steps"]
+        assert point.config["data"]["length_policy"] == "truncate"
 
 
 def test_grid_and_zip_points_and_shared_keys(tiny_config):

@@ -3,7 +3,8 @@
 A record is a dict with ``id``, ``category`` and either ``prompt``/``response`` or ``text``. The sequence is
 the tokenizer's special-token wrapping of prompt + separator + response; the target region is the response
 (or the whole text). A shifted-logit model needs a token before the target: a BOS is added if the tokenizer
-has one and adds none itself.
+has one and adds none itself. ``data.add_bos`` (the users' scripts) prepends the tokenizer's BOS, when it has
+one and its wrapping adds none, for every model.
 
 The prompt/response boundary is always a token boundary: the joined text is tokenized once and split at the
 response's first character when no token crosses it (the response's first token then has its in-context form,
@@ -37,6 +38,7 @@ class TokenizeOptions:
     min_target_tokens: int = 1
     max_unk_fraction: float = 0.5
     on_bad_record: str = "error"
+    add_bos: bool = False
 
 
 @dataclass
@@ -147,6 +149,8 @@ def encode_record(
     if not r_ids:
         raise DataError(f"sample {sid!r}: the target region tokenizes to nothing")
     prefix, suffix = special_affixes(tokenizer)
+    if opts.add_bos and not prefix and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id]
     if shift and not prefix:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         if bos is None and not p_ids:

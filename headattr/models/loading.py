@@ -41,6 +41,19 @@ def check_model_path(path: str) -> None:
         raise ConfigError(f"model.path: {path!r} does not exist")
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used from here (offline mode, no connection), or None when it answers."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") != "0":
+        return "the hub is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set)"
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)
+    except OSError as exc:
+        return f"the hub is not reachable ({type(exc).__name__})"
+    return None
+
+
 def _looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not Path(path).exists()

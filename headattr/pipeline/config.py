@@ -8,14 +8,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.loading import model_n_layers, model_shape
+from ..models.loading import hub_unreachable, model_n_layers, model_shape
 
 
 def _is_local_path(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+    return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") > 1
 
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+def _strict_validator(jsonschema):
+    """Draft 2020-12 with ``integer`` meaning a Python int: JSON Schema counts 2.0 as an integer, which passes the
+    check and then fails inside a job (``range(2.0)``, a slice by 6.0)."""
+
+    def is_int(checker, value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    base = jsonschema.Draft202012Validator
+    return jsonschema.validators.extend(base, type_checker=base.TYPE_CHECKER.redefine("integer", is_int))
 
 
 def validate_schema(config: dict, root: Path | str = ".") -> dict:
@@ -26,7 +37,7 @@ def validate_schema(config: dict, root: Path | str = ".") -> dict:
     from snakemake.utils import validate
 
     schema = yaml.safe_load(SCHEMA.read_text())
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_strict_validator(jsonschema)(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [
             f"config key '{'.'.join(str(p) for p in e.absolute_path) or '<top level>'}': {e.message}" for e in errors
@@ -57,7 +68,15 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if ".." in config["run"] or "/" in config["run"]:
         raise ConfigError(f"run: {config['run']!r} must be a plain name")
     model_path = config["model"]["path"]
-    if _is_local_path(model_path) and not (root / Path(model_path).expanduser()).exists():
+    found = (root / Path(model_path).expanduser()).exists()
+    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
+        problem = hub_unreachable()  # an un-namespaced hub id such as bert-base-uncased
+        if problem:
+            raise ConfigError(
+                f"model.path: {model_path!r} is not found locally, and {problem} to fetch it as a hub id; "
+                "download it and set model.path to its folder"
+            )
+    elif _is_local_path(model_path) and not found:
         raise ConfigError(f"model.path: {model_path!r} does not exist")
     check_source(config["data"]["source"], root, "data.source")
     transfer = config["validation"].get("data")
@@ -98,8 +117,14 @@ def check_layer_range(key: str, layers, shape) -> None:
         raise ConfigError(f"{key}: [{start}, {end}] must be an inclusive range start <= end inside {limit}")
 
 
+RESERVED_LABELS = ("random", "none", "unpruned")
+"""Method labels the tables use for their own rows: the random-order baseline (analysis.deletion, evaluation)
+and the unpruned model (evaluation.protocol); an import under one of them would be merged into those rows."""
+
+
 def check_stp_config(config: dict, root: Path) -> None:
-    """ig.layers inside the model, no layer shards with it, shapley_all without it; imported names."""
+    """ig.layers inside the model, no layer shards with it, shapley_all without it; no ig.tol with STP (it does
+    not refine); imported names."""
 
     g = config["ig"]
     shape = model_shape(root / config["model"]["path"])
@@ -109,6 +134,19 @@ def check_stp_config(config: dict, root: Path) -> None:
             raise ConfigError("ig.layers: cannot be combined with shard.layers (shard the samples instead)")
         if "shapley_all" in g["methods"]:
             raise ConfigError("ig.layers: shapley_all plays every head against every other; it has no layer range")
+    stp = [m for m in g["methods"] if m in ("stp", "stp_layer")]
+    if g.get("tol") is not None and stp:
+        raise ConfigError(
+            f"ig.tol: adaptive refinement applies to the quadrature paths of per_layer, joint and layered only; "
+            f"{', '.join(stp)} would ignore it (fixed ig.steps, ig.stp_rule): unset ig.tol or run {', '.join(stp)} "
+            "in a config without it"
+        )
     clash = set(config["compare"]["importance_files"]) & set(g["methods"])
     if clash:
         raise ConfigError(f"compare.importance_files: names {sorted(clash)} clash with ig.methods")
+    reserved = set(config["compare"]["importance_files"]) & set(RESERVED_LABELS)
+    if reserved:
+        raise ConfigError(
+            f"compare.importance_files: names {sorted(reserved)} are labels the pipeline uses in its own tables "
+            f"(reserved: {', '.join(RESERVED_LABELS)}); rename the import"
+        )

@@ -142,6 +142,8 @@ def units(config: dict) -> list[Unit]:
             "tokenizer_sha256": input_checksums(config)["tokenizer"],
             "options": {k: d[k] for k in TOKENIZE_OPTIONS},
         }
+        if d.get("add_bos"):  # only when set: the keys of configs without it are unchanged
+            tokens["options"]["add_bos"] = True
         masks = {
             "tokens": tokens,
             "kind": o["kind"],
@@ -270,6 +272,10 @@ def diagnostic_groups(config: dict) -> dict:
     ranking = {}  # only when set, so that default configs keep their keys
     if config["report"]["postprocess"] != "signed" or config["compare"]["importance_files"]:
         ranking = {"postprocess": config["report"]["postprocess"], "imported": config["compare"]}
+    if config["compare"]["importance_files"]:  # the files' content, so that an edit in place reruns the comparison
+        from .workflow import sha256_file
+
+        ranking["imported_sha256"] = {n: sha256_file(p) for n, p in config["compare"]["importance_files"].items()}
     for seed in seeds:
         keys = {m: by[(m, seed)] for m in methods}
         out["methods"][stage_key(f"seed{seed}-methods", {"ig": keys, "d": diag, **ranking})] = (seed, keys)

@@ -11,6 +11,7 @@ import yaml
 
 from ..methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
 from ..pipeline.aggregate import importance_label, score_matrix
+from ..pipeline.attribute import STP_DEFAULTS
 from ..pipeline.dumps import atomic_write, load_npz, read_meta
 from ..pipeline.workflow import write_json
 from .compute import compute_table, total_line
@@ -78,6 +79,28 @@ def completeness_digest(comp: pd.DataFrame, floor: float, threshold: float, step
     return out
 
 
+def steps_ran(summaries: list[dict]) -> str:
+    """How each method's paths were integrated, read from its dumps (rule, steps, tol, refinement), never from the
+    config."""
+    groups: dict = {}
+    for s in summaries:
+        ran = s.get("ran") or {}
+        if ran.get("steps") is not None:
+            key = (ran.get("rule"), ran["steps"], ran.get("tol"), ran.get("refine") or "double", ran.get("max_steps"))
+            groups.setdefault(key, []).append(s["method"])
+    notes = []
+    for (rule, steps, tol, refine, max_steps), methods in groups.items():
+        names = ", ".join(dict.fromkeys(methods))
+        if tol is not None:
+            notes.append(
+                f"{names}: each path starts at {steps} {rule} nodes, {REFINE_NOTES[refine]} until its relative gap "
+                f"is <= {tol} or `ig.max_steps` = {max_steps} nodes (column steps)"
+            )
+        else:
+            notes.append(f"{names}: {steps} {rule} steps per path, no refinement")
+    return "; ".join(notes) or "no quadrature-path method ran"
+
+
 def unit_summary(
     unit: dict,
     heads_csv,
@@ -90,11 +113,22 @@ def unit_summary(
     """Digest of one (seed, method): sample count, completeness gaps, top heads, wall time."""
     heads = pd.read_csv(heads_csv)
     top = heads.sort_values("rank").head(top_k)
+    ran = {"rule": None, "steps": None, "tol": None, "refine": None, "max_steps": None}
     if unit["method"] in NO_COMPLETENESS:
         completeness = dict.fromkeys(GAP_KEYS)
     else:
         dump = load_npz(dump_path) if dump_path is not None else {}
-        opts = read_meta(dump).get("settings", {}).get("options", {})
+        settings = read_meta(dump).get("settings", {})
+        opts = settings.get("options", {})
+        stp = str(settings.get("method", unit["method"])).startswith("stp")
+        rule = {**STP_DEFAULTS, **opts}["stp_rule"] if stp else settings.get("rule")
+        ran = {
+            "rule": rule,
+            "steps": settings.get("steps"),
+            "tol": opts.get("tol"),
+            "refine": opts.get("refine", "double"),
+            "max_steps": opts.get("max_steps"),
+        }
         completeness = completeness_digest(
             pd.read_csv(completeness_csv), floor, threshold, dump.get("extra_steps_used"), opts
         )
@@ -104,6 +138,7 @@ def unit_summary(
         "key": unit["key"],
         "n_samples": int(heads["n_samples"].iloc[0]),
         "completeness": completeness,
+        "ran": ran,
         "top_heads": [
             {"label": r.label, "layer": int(r.layer), "head": int(r.head), "importance": float(r.importance)}
             for r in top.itertuples()
@@ -512,14 +547,7 @@ def build_report(
                     "tol": c["tol"],
                 }
             )
-    if ig_cfg.get("tol") is not None:
-        steps_note = (
-            f"`ig.tol` = {ig_cfg['tol']}: each path starts at {ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes, "
-            f"{REFINE_NOTES[ig_cfg.get('refine', 'double')]} until its relative gap is <= tol or `ig.max_steps` = "
-            f"{ig_cfg.get('max_steps')} nodes (column steps)"
-        )
-    else:
-        steps_note = f"{ig_cfg.get('steps')} {ig_cfg.get('rule')} nodes per path (`ig.tol` off)"
+    steps_note = steps_ran(summaries)
     summary = {
         "run": config["run"],
         "data": data_table.to_dict("records"),

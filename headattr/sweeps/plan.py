@@ -49,12 +49,30 @@ def _get(config: dict, dotted: str):
     return node
 
 
+def _merged(base, value):
+    """``value`` over ``base``: dicts merge key by key (a section value keeps the base config's other keys)."""
+    if isinstance(base, dict) and isinstance(value, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in value.items()}}
+    return copy.deepcopy(value)
+
+
 def _set(config: dict, dotted: str, value) -> None:
     *parents, last = dotted.split(".")
     node = config
     for part in parents:
         node = node[part]
-    node[last] = copy.deepcopy(value)
+    node[last] = _merged(node.get(last), value)
+
+
+def _same_value(value):
+    """A value with integral floats as ints (2.0 and 2 are one value of an axis)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _same_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_same_value(v) for v in value]
+    return value
 
 
 def check_axes(config: dict) -> dict:
@@ -73,7 +91,7 @@ def check_axes(config: dict) -> dict:
             raise ConfigError(f"{where}.key: {key!r} is not a config key") from None
         if len(values) < 2:
             raise ConfigError(f"{where}.values: an axis needs at least two values, got {values!r}")
-        if len({value_label(v) for v in values}) != len(values):
+        if len({value_label(_same_value(v)) for v in values}) != len(values):
             raise ConfigError(f"{where}.values: repeated values {values!r}")
         labels = axis_labels(axis)
         if len(labels) != len(values) or len(set(labels)) != len(labels):
