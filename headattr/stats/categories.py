@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-from headattr.stats.kruskal import kruskal_columns
+from headattr.stats.kruskal import N_RESAMPLES, kruskal_columns
 from headattr.stats.samples import as_per_sample
 
 
@@ -26,7 +26,7 @@ def category_means(per_sample, categories: Sequence) -> dict:
 
 
 def category_differences(
-    per_sample, categories: Sequence, top: int | None = 20, n_resamples: int = 9999, seed: int = 0
+    per_sample, categories: Sequence, top: int | None = 20, n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> pd.DataFrame:
     """Per-head test of whether attribution differs across categories.
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import chi2, rankdata
 
 CHI2_MIN_GROUP = 5
+N_RESAMPLES = 9999
 
 
 def _rank_sums_stat(ranks: np.ndarray, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -44,7 +45,7 @@ def n_labellings(sizes: Sequence[int]) -> int:
     return math.factorial(int(sum(sizes))) // math.prod(math.factorial(int(s)) for s in sizes)
 
 
-def kruskal_columns(groups: Sequence[np.ndarray], n_resamples: int = 9999, seed: int = 0) -> dict:
+def kruskal_columns(groups: Sequence[np.ndarray], n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
     """H and p per column of groups [n_g, M] (no column constant over all samples).
 
     Returns statistic [M], pvalue [M] and method ('chi2', 'exact' or 'permutation'). H has the tie correction
