@@ -66,7 +66,7 @@ def test_one_sample_category_is_named_as_left_out():
     dump = synthetic_dump()
     dump["categories"] = np.array(["code"] * 6 + ["math"] * 5 + ["chat"])
     out = diagnostics.unit_diagnostics(dump, {"n_boot": 10})
-    assert out["category_differences_note"] == {"tested": ["code", "math"], "left_out": {"chat": 1}}
+    assert out["category_differences_note"] == {"tested": ["code", "math"], "left_out": {"chat": 1}, "p_method": "chi2"}
     assert out["category_counts"] == {"code": 6, "math": 5, "chat": 1}
 
 

@@ -378,3 +378,59 @@ def test_mask_ratio_agreement(rng):
     assert row["pearson"] == pytest.approx(-1.0) and row["top3_overlap"] == 0.0
     with pytest.raises(ValueError):
         hs.mask_ratio_agreement(x, [0.1, 0.2])
+
+
+def _kw_h(*groups):
+    return st.kruskal(*groups).statistic
+
+
+@pytest.mark.parametrize("sizes", [(3, 3, 2), (2, 2, 2, 2)])
+def test_kruskal_exact_equals_scipy_permutation_test(rng, sizes):
+    from headattr.stats.kruskal import kruskal_columns
+
+    groups = [rng.normal(loc=0.6 * i, size=(s, 3)) for i, s in enumerate(sizes)]
+    groups[0][0, 2] = groups[1][0, 2]  # a tie in one column
+    res = kruskal_columns(groups, n_resamples=9999)
+    assert res["method"] == "exact"
+    for j in range(3):
+        cols = [g[:, j] for g in groups]
+        ref = st.permutation_test(
+            cols, _kw_h, permutation_type="independent", n_resamples=np.inf, alternative="greater"
+        )
+        assert res["statistic"][j] == pytest.approx(ref.statistic)
+        assert res["pvalue"][j] == pytest.approx(ref.pvalue)
+
+
+def test_kruskal_permutation_matches_scipy_within_mc_error(rng):
+    from headattr.stats.kruskal import kruskal_columns
+
+    groups = [rng.normal(loc=0.5 * i, size=(3, 2)) for i in range(5)]
+    res = kruskal_columns(groups, n_resamples=20000, seed=1)
+    assert res["method"] == "permutation"
+    for j in range(2):
+        cols = [g[:, j] for g in groups]
+        ref = st.permutation_test(
+            cols, _kw_h, permutation_type="independent", n_resamples=20000, alternative="greater", rng=2
+        )
+        p = ref.pvalue
+        se = np.sqrt(2 * p * (1 - p) / 20000) + 1e-4
+        assert abs(res["pvalue"][j] - p) < 4 * se
+        chi = st.kruskal(*cols).pvalue
+        if p < 0.01:
+            assert chi > 2 * p  # the chi-square p is too conservative at 3 per group
+
+
+def test_category_differences_small_groups_use_permutation(rng):
+    cats = np.array(["a", "b", "c"] * 3)
+    x = rng.normal(scale=0.1, size=(9, 2, 2))
+    x[cats == "a", 1, 1] += 5.0
+    df = hs.category_differences(x, cats, top=None)
+    assert df.attrs["p_method"] == "exact"
+    ref = st.permutation_test(
+        [x[cats == c, 1, 1] for c in "abc"],
+        _kw_h,
+        permutation_type="independent",
+        n_resamples=np.inf,
+        alternative="greater",
+    )
+    assert df.set_index("label").loc["L1H1", "p_value"] == pytest.approx(ref.pvalue)

@@ -121,11 +121,12 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "
     out["category_counts"] = counts
     out["sample_categories"] = cats
     try:
-        diff = stats.category_differences(per_sample, cats, top=c["top_heads"])
+        diff = stats.category_differences(per_sample, cats, top=c["top_heads"], seed=c["seed"])
         out["category_differences"] = diff
         left_out = {cat: counts[cat] for cat in diff.attrs["dropped_categories"]}
         out["category_differences_note"] = {"tested": [cat for cat in counts if cat not in left_out]}
         out["category_differences_note"]["left_out"] = left_out
+        out["category_differences_note"]["p_method"] = diff.attrs["p_method"]
     except ValueError as exc:
         out["category_differences_note"] = {"skipped": str(exc), "left_out": {}}
     if n_p >= 2:

@@ -14,6 +14,7 @@ from ..pipeline.aggregate import importance_label, score_matrix
 from ..pipeline.attribute import STP_DEFAULTS
 from ..pipeline.dumps import atomic_write, load_npz, read_meta
 from ..pipeline.workflow import write_json
+from ..stats.kruskal import CHI2_MIN_GROUP, N_RESAMPLES
 from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
@@ -189,6 +190,13 @@ def data_section(token_sets: list[dict]) -> tuple[pd.DataFrame, list[str]]:
     return table, notes
 
 
+P_METHODS = {
+    "chi2": f"chi-square p (every category has >= {CHI2_MIN_GROUP} samples)",
+    "exact": "exact permutation p (every relabelling of the categories)",
+    "permutation": f"permutation p ({N_RESAMPLES} relabellings of categories; smallest {1 / (N_RESAMPLES + 1):.0e})",
+}
+
+
 def _md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -258,6 +266,7 @@ def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: s
     note = diag.get("category_differences_note", {})
     left_out = note.get("left_out", {})
     out["categories"] = {"figure": cat, "table": None, "tested": ", ".join(note.get("tested", [])), "note": None}
+    out["categories"]["p_method"] = P_METHODS.get(note.get("p_method"), "p")
     if "category_differences" in diag:
         diff = diag["category_differences"].head(10)
         cols = ["label"] + [c for c in diff.columns if c.startswith("mean_")] + ["H", "p_value", "q_value"]

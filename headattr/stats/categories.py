@@ -1,12 +1,13 @@
 """Heads whose attribution depends on a sample category (e.g. task or domain): per-category means and a
-Kruskal-Wallis test per head with Benjamini-Hochberg q-values."""
+Kruskal-Wallis test per head (permutation p for small groups) with Benjamini-Hochberg q-values."""
 
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import false_discovery_control, kruskal
+from scipy.stats import false_discovery_control
 
+from headattr.stats.kruskal import N_RESAMPLES, kruskal_columns
 from headattr.stats.samples import as_per_sample
 
 
@@ -24,14 +25,18 @@ def category_means(per_sample, categories: Sequence) -> dict:
     return {c: x[cats == c].mean(axis=0) for c in order}
 
 
-def category_differences(per_sample, categories: Sequence, top: int | None = 20) -> pd.DataFrame:
+def category_differences(
+    per_sample, categories: Sequence, top: int | None = 20, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> pd.DataFrame:
     """Per-head test of whether attribution differs across categories.
 
     Categories with fewer than 2 samples are left out (listed in df.attrs["dropped_categories"]); at
     least 2 categories must remain. Columns: layer, head, label, mean_<category> for each category,
-    H (Kruskal-Wallis statistic), p_value, q_value (Benjamini-Hochberg over the tested heads), range
-    (max - min of the category means). Heads constant across all samples get nan H/p/q. Sorted by
-    p_value (nan last); `top` keeps the first rows (None keeps all).
+    H (Kruskal-Wallis statistic), p_value (chi-square when every group has >= 5 samples, else an exact
+    or `n_resamples`-draw permutation p, see stats.kruskal; the kind in df.attrs["p_method"]), q_value
+    (Benjamini-Hochberg over the tested heads), range (max - min of the category means). Heads constant
+    across all samples get nan H/p/q. Sorted by p_value (nan last); `top` keeps the first rows (None
+    keeps all).
     """
     x, cats, order = _groups(per_sample, categories)
     kept = [c for c in order if (cats == c).sum() >= 2]
@@ -46,9 +51,10 @@ def category_differences(per_sample, categories: Sequence, top: int | None = 20)
     stat = np.full(n_layers * n_heads, np.nan)
     p = np.full(n_layers * n_heads, np.nan)
     q = np.full(n_layers * n_heads, np.nan)
+    method = None
     if testable.any():
-        res = kruskal(*(g[:, testable] for g in groups), axis=0)
-        stat[testable], p[testable] = res.statistic, res.pvalue
+        res = kruskal_columns([g[:, testable] for g in groups], n_resamples=n_resamples, seed=seed)
+        stat[testable], p[testable], method = res["statistic"], res["pvalue"], res["method"]
         q[testable] = false_discovery_control(p[testable])
 
     means = np.stack([g.mean(axis=0) for g in groups])
@@ -65,4 +71,5 @@ def category_differences(per_sample, categories: Sequence, top: int | None = 20)
     if top is not None:
         df = df.head(top)
     df.attrs["dropped_categories"] = [c for c in order if c not in kept]
+    df.attrs["p_method"] = method
     return df
