@@ -133,6 +133,15 @@ def test_max_steps_below_steps_is_a_config_error():
         check_config(config, REPO)
 
 
+def test_panels_without_room_for_a_second_panel_is_a_config_error():
+    config = _config()
+    config["ig"] |= {"tol": 1e-3, "steps": 8, "max_steps": 15, "refine": "panels"}
+    with pytest.raises(ConfigError, match=r"ig.max_steps: 15 < 2 x ig.steps \(8\)"):
+        check_config(config, REPO)
+    config["ig"]["max_steps"] = 16
+    check_config(config, REPO)
+
+
 SQRT_EPS = 1e-6
 
 

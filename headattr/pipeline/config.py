@@ -93,6 +93,11 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     ig = config["ig"]
     if ig["tol"] is not None and ig["max_steps"] < ig["steps"]:
         raise ConfigError(f"ig.max_steps: {ig['max_steps']} < ig.steps ({ig['steps']}): ig.tol only raises them")
+    if ig["tol"] is not None and ig.get("refine") == "panels" and ig["max_steps"] < 2 * ig["steps"]:
+        raise ConfigError(
+            f"ig.max_steps: {ig['max_steps']} < 2 x ig.steps ({ig['steps']}): ig.refine panels adds whole panels of "
+            "ig.steps nodes, so no path could be refined"
+        )
     bins = config["diagnostics"]["depth_bins"]
     if isinstance(bins, list):
         bad = [b for b in bins if not b[0] < b[1]]
