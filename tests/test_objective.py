@@ -159,3 +159,20 @@ def test_token_cross_entropy_keeps_fp32_precision_where_the_target_is_certain(ma
     if margin == 16:  # loss ~1e-3, as on the demo model's copy items: F.cross_entropy in fp32 is 100x worse
         plain = F.cross_entropy(logits, targets, reduction="none").double().numpy()
         assert np.abs(plain / ref_loss - 1).max() > 2e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_cross_entropy_bits_equal_autograd_through_logsumexp(dtype):
+    gen = torch.Generator().manual_seed(5)
+    logits = (torch.randn(40, 3001, generator=gen) * 6).to(dtype)
+    targets = torch.randint(0, 3001, (40,), generator=gen)
+    upstream = torch.randn(40, generator=gen).to(dtype)
+    ref_in, x = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    others = ref_in.scatter(1, targets[:, None], float("-inf"))  # the composition autograd differentiates itself
+    ref = F.softplus(torch.logsumexp(others, 1) - ref_in.gather(1, targets[:, None]).squeeze(1))
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), ref_in)
+    loss = token_cross_entropy(x, targets)
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), x, retain_graph=True)
+    assert torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+    with pytest.raises(RuntimeError, match="backward runs once"):
+        torch.autograd.grad(loss.sum(), x)  # its one buffer was spent by the first backward

@@ -479,3 +479,31 @@ def test_users_config_is_their_default_run():
     assert stp.slices["ig"]["steps"] == 8 and stp.slices["ig"]["baseline"] == 0.0
     assert stp.slices["masks"]["mask_probs"] == [0.15, 0.3, 0.5, 0.7, 0.9] and "mask_samples" not in stp.slices["masks"]
     assert config["objective"]["weighting"] == "mean" and config["report"]["postprocess"] == "abs"
+
+
+@pytest.mark.parametrize("method", ["stp", "stp_layer"])
+def test_paths_with_one_start_share_one_start_loss_call(method):
+    adapter = Adapter(tiny_bert().double(), mask_token_id=4)
+    scored = _scored(adapter, _sample())
+    engine = GateEngine(adapter, rows_per_pass=16)
+    build = stp_paths if method == "stp" else stp_layer_paths
+    paths = build(N_LAYERS, N_HEADS, "s0", 0.1, 3, 0)
+    starts = []
+    losses = engine.losses
+    engine.losses = lambda s, row_p, gates, *a, **k: starts.append(gates[0].clone()) or losses(s, row_p, gates, *a, **k)
+    together = integrated_gradients(engine, scored, paths, "riemann_stieltjes", 4)
+    engine.losses = losses
+    singles = [
+        integrated_gradients(
+            engine,
+            scored,
+            ThresholdPaths(paths.start[q : q + 1], paths.threshold[q : q + 1], [paths.names[q]], torch.ones(1)),
+            "riemann_stieltjes",
+            4,
+        )
+        for q in range(paths.n_paths)
+    ]
+    engine.close()
+    distinct = 1 if method == "stp" else N_LAYERS  # one start per layer's P paths, one for all STP paths
+    assert len(starts) == distinct and all((s != 1).any() for s in starts)
+    np.testing.assert_array_equal(together.loss_base, np.concatenate([s.loss_base for s in singles], 1))

@@ -9,7 +9,8 @@ path l is "layer l at the baseline, every other layer on"; for ``joint`` it is "
 No wasted rows, and no dependence on which other paths run (so a layer-sharded run gives the same bits):
 - the all-on gate matrix (node t = 1 of every path) runs once per mask probability, in its own engine call
   from layer 0; it gives L(all on) and the gradient at t = 1 for every path;
-- every path then runs its other nodes (and its start, unless the start is a node) in its own engine call,
+- every path then runs its other nodes (and its start, unless the start is a node or an earlier path's start
+  from the same layer, as on STP paths) in its own engine call,
   from its first moving layer: an engine with prefix caching runs only the layers from there up (gates below
   never move, so their gradients are not needed).
 """
@@ -49,6 +50,15 @@ def first_moving_layer(paths: GatePaths) -> torch.Tensor:
     """Lowest layer whose gates leave 1 on each path, long [Q] (0 for a path that never moves)."""
     moves = (paths.start != 1).any(-1)  # [Q, L]
     return torch.where(moves.any(-1), moves.float().argmax(-1), 0).long()
+
+
+def _same_start(paths, first: torch.Tensor, q: int) -> int | None:
+    """An earlier path with the same start and first moving layer as path ``q`` (its start loss is the same call,
+    so the same bits), else None."""
+    for earlier in range(q):
+        if int(first[earlier]) == int(first[q]) and torch.equal(paths.start[earlier], paths.start[q]):
+            return earlier
+    return None
 
 
 def node_weights(paths, rule: str, steps: int, nodes=None) -> tuple[np.ndarray, torch.Tensor]:
@@ -131,6 +141,8 @@ def integrated_gradients(
                 loss_base[:, q] = losses_q[(rows % m == int(t_zero[0])).nonzero().flatten()]
             elif not start_losses:
                 loss_base[:, q] = float("nan")
+            elif (same := _same_start(paths, first, q)) is not None:  # STP: every path (of a layer) starts alike
+                loss_base[:, q] = loss_base[:, same]
             else:
                 loss_base[:, q] = engine.losses(
                     scored,

@@ -33,9 +33,34 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     that no quadrature removes (docs/convergence.md). Here the target never enters the sum, so the result and
     its gradient (-(1 - p_y) for the target's logit, p_k for the others) keep fp32's relative precision.
     """
-    target = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf"))
-    return torch.nn.functional.softplus(torch.logsumexp(others, 1) - target)
+    return torch.nn.functional.softplus(_OthersMinusTarget.apply(logits, targets))
+
+
+class _OthersMinusTarget(torch.autograd.Function):
+    """logsumexp_{k != y} z_k - z_y per row of ``logits`` [n, V]; the same values and gradient bits as autograd
+    through ``logsumexp(scatter(z, y, -inf)) - gather(z, y)``, with the backward in place on the one [n, V]
+    buffer the forward keeps (autograd's allocates and fills about five more: a third of an STP pass on a
+    30k vocabulary, docs/performance.md)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets):
+        index = targets[:, None]
+        others = logits.scatter(1, index, float("-inf"))
+        lse = torch.logsumexp(others, 1)
+        ctx.save_for_backward(others, lse, index)
+        ctx.spent = False
+        return lse - logits.gather(1, index).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        if ctx.spent:
+            raise RuntimeError("token_cross_entropy: backward runs once per forward (its buffer is reused)")
+        ctx.spent = True
+        others, lse, index = ctx.saved_tensors
+        # autograd's terms: grad * exp(z_k - lse) for k != y (exp(-inf) = 0 at y), plus -grad at y
+        out = others.sub_(lse[:, None]).exp_().mul_(grad[:, None])
+        return out.scatter_(1, index, (-grad)[:, None]), None
 
 
 def token_weight(weighting: str, p: float, n_masked: int, n_target: int) -> float:
