@@ -6,10 +6,10 @@ Runs one sample of :func:`headattr.methods.ig.integrated_gradients` on STP paths
 bench's settings: 4 steps, 2 paths, mask probabilities 0.15 and 0.5) under ``torch.profiler`` and splits the
 operator time by phase: the prefix-capture pass (:meth:`GateEngine._ensure_prefix`), the gate hooks
 (:class:`headattr.models.gates.HeadGates`), the vocabulary head at the scored positions, the rest of the forward,
-the backward (operators under autograd's engine), and Python / dispatch overhead = wall - operator time (all wall clock: on a loaded machine every phase
-stretches alike, so read the shares).
-The users' loop (bench_ig.plain_stp) is profiled the same way for comparison. The phases are operator self
-times summed over the tree under each marker, so they add up to the operator total.
+the backward (operators under autograd's engine), and Python / dispatch overhead = wall - operator time (all
+wall clock: on a loaded machine every phase stretches alike, so read the shares). The users' loop
+(bench_ig.plain_stp) is profiled the same way. The phases are operator self times summed over the tree under
+each marker, so they add up to the operator total.
 """
 
 from __future__ import annotations
