@@ -25,7 +25,11 @@ Implementations (all give the same attributions; checked to ``--rtol`` of the la
 path (|gap| / max(|dL|, 1e-3), as ``ig.tol``): the plain loop with ``riemann_right`` (the users' rule) rerun at
 doubled steps until it gets there (plus the path-start losses it needs to check), against the engine with its
 best rule (``gauss_legendre`` under :func:`headattr.methods.adaptive.adaptive_integrated_gradients`, steps
-doubled per path); one run, side by side, ratio printed.
+doubled per path); one run, side by side, ratio printed. For ``stp`` / ``stp_layer`` the gap is that of the users'
+objective (IG of the loss averaged over mask probabilities, per path): their ``riemann_stieltjes`` loop at doubled
+steps against the engine with ``trapezoid_stieltjes`` (the same paths, doubled) and with ``gauss_segments``
+(4 levels, nodes per segment doubled from 1: the discretised STP, not the same thresholds); the steps column
+is then evaluations per path.
 
 FLOPs are derived from the model config by :mod:`headattr.engine.cost` for what each implementation executes
 (layer forward 2 x matmul-params x T + 4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls
@@ -223,37 +227,43 @@ def plain_loop(model, adapter, scored_list, method: str, steps: int, autocast, l
     return results
 
 
-def make_stp(adapter, scored, method: str, path_samples: int, layers=None):
-    """The STP paths of ``scored`` (path seed 0, baseline 0)."""
+def make_stp(adapter, scored, method: str, path_samples: int, layers=None, scheme="riemann_stieltjes", levels=None):
+    """The STP paths of ``scored`` (path seed 0, baseline 0); ``levels`` for ``gauss_segments``."""
     build = stp_paths if method == "stp" else stp_layer_paths
-    return build(adapter.n_layers, adapter.n_heads, scored.sample_id, 0.0, path_samples, 0, layers)
+    return build(adapter.n_layers, adapter.n_heads, scored.sample_id, 0.0, path_samples, 0, layers, scheme, levels)
+
+
+def plain_stp_paths(model, adapter, scored, paths, steps: int, autocast) -> np.ndarray:
+    """The users' loop on each of ``paths``: per step and mask probability one full forward + backward, IG_q =
+    sum_k mean_p grad(alpha(t_k)) * (alpha(t_k) - alpha(t_{k-1})): float64 [Q, L, H] (unweighted)."""
+    device = next(model.parameters()).device
+    gates_hook = HeadGates(adapter)
+    ig = np.zeros((paths.n_paths, adapter.n_layers, adapter.n_heads))
+    try:
+        for q in range(paths.n_paths):
+            alpha = paths._alpha(np.arange(steps + 1) / steps)[:, q]  # [K + 1, L, H]
+            for k in range(1, steps + 1):
+                gates = alpha[k].float().to(device).requires_grad_(True)
+                gates_hook.gates = gates
+                for p in range(scored.n_p):
+                    with autocast():
+                        logits = model(input_ids=scored.input_ids[p : p + 1].to(device)).logits
+                        loss = row_loss(logits, scored, torch.tensor([p]))[0]
+                    loss.backward()
+                mean_grad = gates.grad.double().cpu() / scored.n_p
+                ig[q] += (mean_grad * (alpha[k] - alpha[k - 1])).numpy()
+    finally:
+        gates_hook.remove()
+    return ig
 
 
 def plain_stp(model, adapter, scored_list, method: str, steps: int, autocast, path_samples: int, layers=None):
-    """The users' all-heads script on STP paths: per path, step and mask probability one full forward + backward."""
-    n_layers, n_heads = adapter.n_layers, adapter.n_heads
-    device = next(model.parameters()).device
-    gates_hook = HeadGates(adapter)
+    """The users' all-heads script on STP paths (see :func:`plain_stp_paths`), paths averaged."""
     results = []
-    try:
-        for scored in scored_list:
-            paths = make_stp(adapter, scored, method, path_samples, layers)
-            ig = np.zeros((n_layers, n_heads))
-            for q in range(paths.n_paths):
-                alpha = paths._alpha(np.arange(steps + 1) / steps)[:, q]  # [K + 1, L, H]
-                for k in range(1, steps + 1):
-                    gates = alpha[k].float().to(device).requires_grad_(True)
-                    gates_hook.gates = gates
-                    for p in range(scored.n_p):
-                        with autocast():
-                            logits = model(input_ids=scored.input_ids[p : p + 1].to(device)).logits
-                            loss = row_loss(logits, scored, torch.tensor([p]))[0]
-                        loss.backward()
-                    mean_grad = gates.grad.double().cpu() / scored.n_p
-                    ig += (mean_grad * (alpha[k] - alpha[k - 1]) * paths.weight[q]).numpy()
-            results.append(ig[None].repeat(scored.n_p, 0))  # the mean over p, as the engine's per-p mean
-    finally:
-        gates_hook.remove()
+    for scored in scored_list:
+        paths = make_stp(adapter, scored, method, path_samples, layers)
+        ig = np.einsum("qlh,q->lh", plain_stp_paths(model, adapter, scored, paths, steps, autocast), paths.weight)
+        results.append(ig[None].repeat(scored.n_p, 0))  # the mean over p, as the engine's per-p mean
     return results
 
 
@@ -406,6 +416,88 @@ def engine_to_tolerance(adapter, scored_list, method, tol, steps, max_steps, aut
     return used, worst
 
 
+def stp_mean_gap(ig_sum, loss_full, loss_base) -> np.ndarray:
+    """Relative completeness gap [Q] of the users' objective, the mean loss over mask probabilities: ``ig_sum``
+    [Q] of the p-mean IG, ``loss_full`` [n_p], ``loss_base`` [n_p, Q]."""
+    delta = np.mean(loss_full) - np.mean(loss_base, 0)
+    return relative_gap(np.asarray(ig_sum) - delta, delta, DEFAULT_GAP_FLOOR)
+
+
+def plain_stp_to_tolerance(model, adapter, scored_list, method, tol, steps, max_steps, autocast, path_samples):
+    """The users' riemann_stieltjes loop at steps, 2 steps, ... until every path's gap <= tol: (steps, gap)."""
+    paths = [make_stp(adapter, s, method, path_samples) for s in scored_list]
+    ends = [
+        plain_losses(model, adapter, s, torch.cat([torch.ones(1, *q.start.shape[1:]), q.start.float()]), autocast)
+        for s, q in zip(scored_list, paths, strict=True)
+    ]
+    while True:
+        worst = 0.0
+        for scored, q, losses in zip(scored_list, paths, ends, strict=True):
+            sums = plain_stp_paths(model, adapter, scored, q, steps, autocast).sum((1, 2))
+            worst = max(worst, float(stp_mean_gap(sums, losses[:, 0], losses[:, 1:]).max()))
+        if worst <= tol or steps >= max_steps:
+            return steps, worst
+        steps = min(2 * steps, max_steps)
+
+
+def engine_stp_to_tolerance(
+    adapter, scored_list, method, tol, steps, max_steps, autocast_dtype, budget, path_samples, scheme, levels=None
+):
+    """The engine with ``scheme`` at steps, 2 steps, ... (nodes per segment for gauss_segments) until every
+    path's gap <= tol: (evaluations per path, gap)."""
+    engine = GateEngine(adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, memory_budget=budget)
+    paths = [make_stp(adapter, s, method, path_samples, None, scheme, levels) for s in scored_list]
+    try:
+        while True:
+            worst = 0.0
+            for scored, q in zip(scored_list, paths, strict=True):
+                res = integrated_gradients(engine, scored, q, scheme, steps)
+                gap = stp_mean_gap(res.ig_sum.mean(0), res.loss_full, res.loss_base)
+                worst = max(worst, float(gap.max()))
+            evals = len(q.quadrature(scheme, steps)[0])
+            if worst <= tol or evals >= max_steps:
+                return evals, worst
+            steps *= 2
+    finally:
+        engine.close()
+
+
+def stp_race_runs(args, model, adapter, scored_list, method, autocast, autocast_dtype, budget) -> dict:
+    """The STP rows of the completeness race: the users' loop, and the engine's two faster rules."""
+    levels = 4
+
+    def engine(scheme, start, levels=None):
+        return lambda: engine_stp_to_tolerance(
+            adapter,
+            scored_list,
+            method,
+            args.completeness,
+            start,
+            args.max_steps,
+            autocast_dtype,
+            budget,
+            args.path_samples,
+            scheme,
+            levels,
+        )
+
+    return {
+        "plain riemann_stieltjes (doubled)": lambda: plain_stp_to_tolerance(
+            model,
+            adapter,
+            scored_list,
+            method,
+            args.completeness,
+            args.steps,
+            args.max_steps,
+            autocast,
+            args.path_samples,
+        ),
+        "engine trapezoid_stieltjes (doubled)": engine("trapezoid_stieltjes", args.steps),
+        f"engine gauss_segments {levels} levels": engine("gauss_segments", 1, levels),
+    }
+
+
 def completeness_race(args, model, adapter, scored_list, autocast, autocast_dtype, budget, device) -> int:
     """Time to a relative completeness gap <= args.completeness: plain riemann_right doubling vs the engine."""
     clock = args.clock
@@ -425,8 +517,10 @@ def completeness_race(args, model, adapter, scored_list, autocast, autocast_dtyp
                 adapter, scored_list, m, args.completeness, args.steps, args.max_steps, autocast_dtype, budget
             ),
         }
+        if method in ("stp", "stp_layer"):
+            runs = stp_race_runs(args, model, adapter, scored_list, method, autocast, autocast_dtype, budget)
         timings = {name: timed(fn, device) for name, fn in runs.items()}
-        plain = timings["plain riemann_right (steps doubled)"]
+        plain = next(iter(timings.values()))
         for name, ((steps, gap), wall, cpu, _) in timings.items():
             secs = {"wall": wall, "cpu": cpu}[clock]
             ratio = {"wall": plain[1], "cpu": plain[2]}[clock] / secs

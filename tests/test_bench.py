@@ -40,3 +40,19 @@ def test_time_to_completeness_row_reaches_the_tolerance_both_ways(capsys):
         assert gap <= 0.3 and steps >= 2 and ratio > 0
     plain_steps = int(rows[0][-5])
     assert plain_steps in (2, 4, 8, 16, 32) and int(rows[1][-5]) <= plain_steps  # doubled from 2
+
+
+def test_stp_time_to_completeness_rows_reach_the_tolerance(capsys):
+    argv = ["--size", "llama-smoke", "--steps", "2", "--completeness", "0.3", "--threads", "1", "--clock", "cpu"]
+    assert _bench().main([*argv, "--methods", "stp", "stp_layer", "--path-samples", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("stp")]
+    assert [(r[0], r[2]) for r in rows] == [(m, rule) for m in ("stp", "stp_layer") for rule in RULES]
+    evaluations = dict(zip(RULES, ((2, 4, 8, 16, 32), (3, 5, 9, 17, 33), (4, 8, 16, 32)), strict=True))
+    for row in rows:
+        steps, gap, ratio = int(row[-5]), float(row[-4]), float(row[-1])
+        assert gap <= 0.3 and ratio > 0 and steps in evaluations[row[2]]  # doubled from 2 steps, 1 node per level
+    for plain, trapezoid in (rows[0], rows[1]), (rows[3], rows[4]):
+        assert int(trapezoid[-5]) <= int(plain[-5]) + 1  # second order needs no more nodes than the users' rule
+
+
+RULES = ("riemann_stieltjes", "trapezoid_stieltjes", "gauss_segments")
