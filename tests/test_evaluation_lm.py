@@ -335,3 +335,64 @@ def test_rolling_loglikelihood_of_a_one_window_text_is_its_loglikelihood_after_t
     ids = lm.tok_encode(text, add_special_tokens=False)
     direct = lm._loglikelihood_tokens([(None, [lm.prefix_token_id], ids)])[0][0]
     assert rolling == pytest.approx(direct, abs=1e-9)  # (several windows: see the comparison with lm-eval's hf)
+
+
+def _count_rows(model):
+    """A list that gets the batch size of every forward call of ``model``, and the hook handle."""
+    rows = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True
+    )
+    return rows, handle
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, lambda: tiny_llama("llama")], ids=["gpt2", "llama"])
+def test_choices_after_one_context_share_a_row_and_equal_hf(build):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = build(), plain_tokenizer()
+    rng = np.random.default_rng(4)
+    reqs = []
+    for q in range(3):  # multiple choice: one context, four one-token choices (one input: the context itself)
+        context = " ".join(rng.choice(WORDS, 5 + 3 * q))
+        reqs += [Instance("loglikelihood", {}, (context, f" {w}"), len(reqs)) for w in ("w1", "w2", "w3", "w4")]
+    reqs += ll_requests(5, seed=2)[:5]  # distinct inputs of various lengths in the same padded passes
+    ref = HFLM(pretrained=model, tokenizer=tok, backend="causal", batch_size=4).loglikelihood(reqs)
+    rows, handle = _count_rows(model)
+    ours = HeadAttrLM(model=model, tokenizer=tok, batch_size=20, disable_tqdm=True).loglikelihood(reqs)
+    handle.remove()
+    assert rows == [3 + 5]  # one padded pass, one row per distinct input
+    assert [g for _, g in ours] == [g for _, g in ref]
+    np.testing.assert_allclose([lp for lp, _ in ours], [lp for lp, _ in ref], rtol=0, atol=1e-5)
+
+
+def test_causal_prompts_of_different_lengths_generate_in_one_left_padded_batch():
+    model, tok = tiny_gpt2(), plain_tokenizer()
+    contexts = ["w3 w4 w5 w11 w12", "w6 w7", "w9 w10 w2"]
+    expected = [greedy_continuation(model, tok, c, 5).strip() for c in contexts]  # each alone, unpadded
+    lm = HeadAttrLM(model=model, tokenizer=tok, batch_size=3, disable_tqdm=True)
+    calls = []
+    generate = model.generate
+    model.generate = lambda ids, **kw: calls.append(kw["attention_mask"].tolist()) or generate(ids, **kw)
+    out = lm.generate_until(
+        [Instance("generate_until", {}, (c, {"max_gen_toks": 5}), i) for i, c in enumerate(contexts)]
+    )
+    del model.generate
+    assert out == expected
+    assert calls == [[[1] * 5, [0, 0, 1, 1, 1], [0, 0, 0, 1, 1]]]  # longest first, padding masked
+
+
+def test_unique_rows_scores_repeated_rows_from_one_forward_row():
+    from headattr.engine.gate_engine import GateEngine
+
+    model, tok = tiny_bert(), make_tokenizer()
+    reqs = [Instance("loglikelihood", {}, ("w1 w2 w3", " w4"), 0)]  # one masked token: every MC row is the same
+    plain = HeadAttrLM(model=model, tokenizer=tok, mc_num=8, batch_size=8, disable_tqdm=True)
+    plain.engine = GateEngine(plain.adapter, rows_per_pass=8, prefix_cache=False)  # without unique_rows
+    rows, handle = _count_rows(model)
+    ref = plain.loglikelihood(reqs)
+    n_plain = list(rows)
+    ours = HeadAttrLM(model=model, tokenizer=tok, mc_num=8, batch_size=8, disable_tqdm=True).loglikelihood(reqs)
+    handle.remove()
+    assert n_plain == [8] and rows[1:] == [1]
+    assert ours[0][0] == pytest.approx(ref[0][0], abs=1e-6)

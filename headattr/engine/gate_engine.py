@@ -73,6 +73,9 @@ class GateEngine:
             :func:`default_memory_budget`.
         attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
             the adapter allows (see :mod:`headattr.engine.prefix`). Default: True.
+        unique_rows (bool): forward-only passes run each distinct (input, gates) row of a chunk once and score
+            every row that repeats it from that one (lm-eval's one-token choices sharing a context, ELBO rows
+            that drew the same mask). Without repeats the pass is unchanged. Default: False.
 
     Attributes:
         counts (:class:`headattr.engine.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
@@ -87,6 +90,7 @@ class GateEngine:
         prefix_cache: bool = True,
         memory_budget: int | None = None,
         attention_cache: bool = True,
+        unique_rows: bool = False,
     ):
         if rows_per_pass is not None and rows_per_pass < 1:
             raise ValueError("rows_per_pass must be >= 1 (or None for the memory-budget chooser)")
@@ -101,6 +105,7 @@ class GateEngine:
         self.prefix_cache = bool(prefix_cache)
         self.attention_cache = bool(attention_cache) and self.prefix_cache
         self.memory_budget = memory_budget
+        self.unique_rows = bool(unique_rows)
         self._stack = LayerStack(adapter) if self.prefix_cache else None
         self._prefix: _Prefix | None = None
         self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
@@ -280,8 +285,12 @@ class GateEngine:
         weight64 = torch.repeat_interleave(scored.token_weight[row_p], torch.tensor(n)).to(self.device)
         ids = scored.input_ids[row_p].to(self.device)
         g = gates.to(device=self.device, dtype=torch.float32).detach().requires_grad_(grad)
+        model_rows = sel_rows
+        if self.unique_rows and not grad and layer == 0 and len(n) > 1:
+            first, inverse = _first_of_repeats(ids, g)
+            ids, g, model_rows = ids[first.to(self.device)], g[first.to(self.device)], inverse[sel_rows]
         self._gates.gates = g
-        self._selection = (sel_rows.to(self.device), sel_pos.to(self.device))
+        self._selection = (model_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
         suffix, replay = nullcontext(), None
         if layer > 0:
@@ -301,7 +310,7 @@ class GateEngine:
                 compute = torch.promote_types(logits.dtype, torch.float32)
                 ce = token_cross_entropy(logits.to(compute), targets)
                 row_loss = torch.zeros(len(n), dtype=compute, device=self.device).index_add(
-                    0, self._selection[0], ce * weight64.to(compute)
+                    0, sel_rows.to(self.device), ce * weight64.to(compute)
                 )
                 grads = torch.autograd.grad(row_loss.sum(), g)[0] if grad else None
         finally:
@@ -315,6 +324,18 @@ class GateEngine:
             acc = rows64.index_add(0, sel_rows.to(self.device), hits)
             acc = (acc / torch.tensor(n, dtype=torch.float64, device=self.device)).cpu()
         return loss64.cpu(), (grads.float().cpu() if grad else None), acc
+
+
+def _first_of_repeats(ids: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct (ids, gates) row in order of appearance [U], each row's distinct index [R])."""
+    key = torch.cat([ids.cpu().double(), gates.detach().cpu().flatten(1).double()], 1)  # exact: ids < 2**53
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    rows = torch.arange(len(key))
+    first = torch.full((int(inverse.max()) + 1,), len(key)).scatter_reduce(0, inverse, rows, "amin")
+    order = first.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return first[order], rank[inverse]
 
 
 AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}

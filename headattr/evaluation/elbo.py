@@ -82,11 +82,14 @@ def elbo_scored_input(
     )
 
 
-def causal_scored_input(request_id: str, rows: list[tuple[list[int], list[int]]], max_length: int) -> ScoredInput:
-    """Rows (context, continuation) of one padded-free length; row loss = -log p(continuation | context).
+def causal_scored_input(
+    request_id: str, rows: list[tuple[list[int], list[int]]], max_length: int, pad_id: int | None = None
+) -> ScoredInput:
+    """Rows (context, continuation); row loss = -log p(continuation | context).
 
     As lm-eval's HF model: the last ``max_length + 1`` tokens of context + continuation, the model reads all
-    but the last, and position t predicts token t + 1.
+    but the last, and position t predicts token t + 1. Rows of different lengths need ``pad_id``: they are
+    padded on the right, which a causal model never reads from an earlier position (lm-eval's ``hf`` batches so).
     """
     inputs, pred_pos, targets = [], [], []
     for context, continuation in rows:
@@ -97,12 +100,13 @@ def causal_scored_input(request_id: str, rows: list[tuple[list[int], list[int]]]
         pred_pos.append(torch.arange(len(inp) - n, len(inp)))
         targets.append(torch.as_tensor(tokens[len(tokens) - n :], dtype=torch.long))
     lengths = {len(x) for x in inputs}
-    if len(lengths) != 1:
+    if len(lengths) != 1 and pad_id is None:
         raise ValueError(f"{request_id}: causal rows of one scored input must share a length, got {sorted(lengths)}")
+    longest = max(lengths)
     return ScoredInput(
         sample_id=request_id,
         mask_probs=[1.0] * len(rows),
-        input_ids=torch.stack(inputs),
+        input_ids=torch.stack([torch.nn.functional.pad(x, (0, longest - len(x)), value=pad_id or 0) for x in inputs]),
         pred_pos=pred_pos,
         targets=targets,
         token_weight=torch.ones(len(rows), dtype=torch.float64),

@@ -219,7 +219,11 @@ class HeadAttrLM(TemplateLM):
         rows = None if str(batch_size) == "auto" else int(batch_size)
         self.batch_size = rows or 16
         self.engine = GateEngine(
-            self.adapter, rows_per_pass=rows, autocast_dtype=AUTOCAST_DTYPES[autocast], prefix_cache=False
+            self.adapter,
+            rows_per_pass=rows,
+            autocast_dtype=AUTOCAST_DTYPES[autocast],
+            prefix_cache=False,
+            unique_rows=True,
         )
         self._autocast_dtype = AUTOCAST_DTYPES[autocast]
         self._extra_inputs = {"use_cache": False} if _accepts(model.forward, "use_cache") else {}
@@ -415,21 +419,22 @@ class HeadAttrLM(TemplateLM):
         return results
 
     def _causal_scores(self, pairs, bar) -> list[tuple[float, bool]]:
-        groups = defaultdict(list)
-        for i, (ctx, cont) in enumerate(pairs):
-            groups[causal_input_length(ctx, cont, self.max_length)].append(i)
+        """Longest inputs first, ``batch_size`` per right-padded pass (as lm-eval's ``hf``); requests whose inputs
+        are the same tokens (one-token choices after one context) share one row of the pass (``unique_rows``)."""
+        inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in pairs]
+        order = sorted(range(len(pairs)), key=lambda i: (-causal_input_length(*pairs[i], self.max_length), inputs[i]))
         results: list = [None] * len(pairs)
-        for length in sorted(groups, reverse=True):
-            idx = groups[length]
-            for lo in range(0, len(idx), self.batch_size):
-                chunk = idx[lo : lo + self.batch_size]
-                scored = causal_scored_input(f"requests {chunk}", [pairs[i] for i in chunk], self.max_length)
-                loss, acc = self.engine.losses_and_accuracy(
-                    scored, torch.arange(len(chunk)), self._gate_rows(len(chunk)), describe=lambda r: f"row {r}"
-                )
-                for i, lp, a in zip(chunk, loss.tolist(), acc.tolist(), strict=True):
-                    results[i] = (-lp, bool(a == 1.0))
-                bar.update(len(chunk))
+        for lo in range(0, len(order), self.batch_size):
+            chunk = order[lo : lo + self.batch_size]
+            scored = causal_scored_input(
+                f"requests {chunk}", [pairs[i] for i in chunk], self.max_length, self.eot_token_id
+            )
+            loss, acc = self.engine.losses_and_accuracy(
+                scored, torch.arange(len(chunk)), self._gate_rows(len(chunk)), describe=lambda r: f"row {r}"
+            )
+            for i, lp, a in zip(chunk, loss.tolist(), acc.tolist(), strict=True):
+                results[i] = (-lp, bool(a == 1.0))
+            bar.update(len(chunk))
         return results
 
     def _elbo_score(self, index: int, context: list[int], continuation: list[int], bar) -> tuple[float, bool]:
@@ -529,9 +534,12 @@ class HeadAttrLM(TemplateLM):
             raise ConfigError("dream_generate: true, but the model has no diffusion_generate method")
         return has and self.dream_generate != "false"
 
-    def _generate_ids(self, prompt: torch.Tensor, max_new: int, until: tuple[str, ...] = ()) -> torch.Tensor:
-        """[batch, P] prompts of one length -> [batch, P + new] ids under the keep-mask (causal: stops early at
-        ``until``; the text is cut there afterwards in any case)."""
+    def _generate_ids(
+        self, prompt: torch.Tensor, max_new: int, until: tuple[str, ...] = (), attention_mask=None
+    ) -> torch.Tensor:
+        """[batch, P] prompts -> [batch, P + new] ids under the keep-mask (causal: stops early at ``until``, the
+        text is cut there afterwards in any case; ``attention_mask`` 0 on left padding). Diffusion prompts share
+        one length."""
         if self.objective == "causal":
             stops = {}
             if until:  # lm-eval's own criterion for its hf model: stop once every row has produced a stop sequence
@@ -543,7 +551,7 @@ class HeadAttrLM(TemplateLM):
             with torch.no_grad(), gated(self.adapter, self._keep), self._autocast():
                 return self.model.generate(
                     prompt,
-                    attention_mask=torch.ones_like(prompt),
+                    attention_mask=torch.ones_like(prompt) if attention_mask is None else attention_mask,
                     max_new_tokens=max_new,
                     do_sample=False,
                     pad_token_id=self.eot_token_id,
@@ -570,6 +578,16 @@ class HeadAttrLM(TemplateLM):
                 ).sequences
         return self._diffusion_sample(prompt, gen_length, block_length, steps)
 
+    def _left_padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [batch, longest] padded on the left with the EOT id, attention mask: 0 on the padding)."""
+        longest = max(len(p) for p in prompts)
+        ids = [[self.eot_token_id] * (longest - len(p)) + list(p) for p in prompts]
+        mask = [[0] * (longest - len(p)) + [1] * len(p) for p in prompts]
+        return (
+            torch.as_tensor(ids, dtype=torch.long, device=self._device),
+            torch.as_tensor(mask, dtype=torch.long, device=self._device),
+        )
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generated continuations, cut at the first EOS/pad token and at the earliest stop sequence."""
         prepared = []
@@ -581,17 +599,19 @@ class HeadAttrLM(TemplateLM):
             new = (self.gen_length or max_new) if self.objective == "diffusion" else max_new
             ids = self.tok_encode(context)[-max(1, self.max_length - new) :]
             prepared.append((ids, until, max_new))
+        causal = self.objective == "causal"  # prompts of any length in one left-padded batch, as lm-eval's hf
         groups = defaultdict(list)
-        for i, (ids, until, max_new) in enumerate(prepared):
-            groups[(len(ids), max_new, tuple(until))].append(i)
+        for i in sorted(range(len(prepared)), key=lambda i: -len(prepared[i][0])):
+            ids, until, max_new = prepared[i]
+            groups[(None if causal else len(ids), max_new, tuple(until))].append(i)
         out: list = [None] * len(prepared)
         stop_ids = [self.tokenizer.eos_token_id, self.tokenizer.pad_token_id]
         bar = tqdm(total=len(prepared), desc="headattr generate_until", disable=disable_tqdm or self.disable_tqdm)
-        for (plen, max_new, until), idx in groups.items():
+        for (_, max_new, until), idx in groups.items():
             for lo in range(0, len(idx), self.batch_size):
                 chunk = idx[lo : lo + self.batch_size]
-                prompt = torch.as_tensor([prepared[i][0] for i in chunk], dtype=torch.long, device=self._device)
-                generated = self._generate_ids(prompt, max_new, until)[:, plen:]
+                prompt, mask = self._left_padded([prepared[i][0] for i in chunk])
+                generated = self._generate_ids(prompt, max_new, until, mask)[:, prompt.shape[1] :]
                 for row, i in enumerate(chunk):
                     text = self.tok_decode(cut_at_token(generated[row].tolist(), stop_ids))
                     out[i] = cut_at_stops(text, prepared[i][1])
