@@ -8,7 +8,8 @@ context of 20-``--max-context`` words; 4 continuations: one word on even items, 
 odd ones) and ``--generations`` greedy ``generate_until`` requests (``--gen-toks`` new tokens, a stop sequence that
 never occurs). Both models get the same ``--batch-size``; each request type is timed in rounds over both models
 (best round kept), the answers are checked equal (log-likelihoods to 1e-5, greedy flags and generated texts
-exactly), and the ratio time(hf) / time(headattr) printed (> 1: headattr is faster).
+exactly), and the ratio time(hf) / time(headattr) printed (> 1: headattr is faster), with the model forward
+calls and rows each ran (generation: one call per new token).
 """
 
 from __future__ import annotations
@@ -81,11 +82,19 @@ def requests(args):
     return ll, gen
 
 
-def timed(fn, clock: str):
-    start, start_cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return out, {"wall": wall, "cpu": cpu}[clock], wall, cpu
+def timed(fn, clock: str, model):
+    """(output, seconds on ``clock``, wall, cpu, model forward calls, rows through the model) of one run."""
+    rows = []
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["input_ids"]).shape[0]), with_kwargs=True
+    )
+    try:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    finally:
+        handle.remove()
+    return out, {"wall": wall, "cpu": cpu}[clock], wall, cpu, len(rows), sum(rows)
 
 
 def main(argv=None) -> int:
@@ -121,12 +130,15 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
         for kind, reqs in kinds.items():
             for name, lm in (("hf", hf), ("headattr", ours)):
-                out, secs, wall, cpu = timed(lambda lm=lm, kind=kind, reqs=reqs: getattr(lm, kind)(reqs), args.clock)
+                out, *times = timed(lambda lm=lm, kind=kind, reqs=reqs: getattr(lm, kind)(reqs), args.clock, model)
                 answers[kind, name] = out
-                if (kind, name) not in best or secs < best[kind, name][0]:
-                    best[kind, name] = (secs, wall, cpu)
+                if (kind, name) not in best or times[0] < best[kind, name][0]:
+                    best[kind, name] = times
     ok = True
-    print(f"{'requests':15s} {'model':9s} {'wall s':>8s} {'cpu s':>8s} {'hf / headattr':>14s} agreement")
+    print(
+        f"{'requests':15s} {'model':9s} {'wall s':>8s} {'cpu s':>8s} {'calls':>6s} {'rows':>6s} {'hf / headattr':>14s}"
+        " agreement"
+    )
     for kind in kinds:
         ref, mine = answers[kind, "hf"], answers[kind, "headattr"]
         if kind == "loglikelihood":
@@ -138,9 +150,12 @@ def main(argv=None) -> int:
             note = "texts equal" if same else "texts DIFFER"
         ok &= same
         for name in ("hf", "headattr"):
-            secs, wall, cpu = best[kind, name]
+            secs, wall, cpu, calls, rows = best[kind, name]
             ratio = best[kind, "hf"][0] / secs
-            print(f"{kind:15s} {name:9s} {wall:8.2f} {cpu:8.2f} {ratio:14.2f} {note if name == 'headattr' else ''}")
+            print(
+                f"{kind:15s} {name:9s} {wall:8.2f} {cpu:8.2f} {calls:6d} {rows:6d} {ratio:14.2f} "
+                + (note if name == "headattr" else "")
+            )
     return 0 if ok else 1
 
 
