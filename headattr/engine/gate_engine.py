@@ -207,8 +207,7 @@ class GateEngine:
             if layer > 0:
                 self._ensure_prefix(scored, start.unique().tolist())
             chunk = self.rows_for(scored, self.adapter.n_layers - layer, grad)
-            for lo in range(0, rows.numel(), chunk):
-                idx = rows[lo : lo + chunk]
+            for idx in self._chunks(scored, row_p, gates, rows, chunk, grad, layer):
                 loss, g, acc = self._chunk(scored, row_p[idx], gates[idx], grad, layer, accuracy)
                 self._count(scored, row_p[idx], layer, grad)
                 bad = ~torch.isfinite(loss)
@@ -224,6 +223,17 @@ class GateEngine:
                 if g is not None:
                     grads[idx] = g
         return losses, grads, (accs if accuracy else None)
+
+    def _uniting(self, grad: bool, layer: int) -> bool:
+        return self.unique_rows and not grad and layer == 0
+
+    def _chunks(self, scored, row_p, gates, rows: torch.Tensor, chunk: int, grad: bool, layer: int):
+        """Row indices of each pass: ``chunk`` rows, or with ``unique_rows`` ``chunk`` distinct rows and their
+        repeats."""
+        if not self._uniting(grad, layer):
+            return [rows[lo : lo + chunk] for lo in range(0, rows.numel(), chunk)]
+        _, distinct = _first_of_repeats(scored.input_ids[row_p[rows]], gates[rows])
+        return [rows[(distinct >= lo) & (distinct < lo + chunk)] for lo in range(0, int(distinct.max()) + 1, chunk)]
 
     def _count(self, scored: ScoredInput, row_p: torch.Tensor, layer: int, grad: bool) -> None:
         """Add one model call of rows ``row_p`` starting at ``layer`` to :attr:`counts`."""
@@ -286,7 +296,7 @@ class GateEngine:
         ids = scored.input_ids[row_p].to(self.device)
         g = gates.to(device=self.device, dtype=torch.float32).detach().requires_grad_(grad)
         model_rows = sel_rows
-        if self.unique_rows and not grad and layer == 0 and len(n) > 1:
+        if self._uniting(grad, layer) and len(n) > 1:
             first, inverse = _first_of_repeats(ids, g)
             ids, g, model_rows = ids[first.to(self.device)], g[first.to(self.device)], inverse[sel_rows]
         self._gates.gates = g

@@ -419,13 +419,21 @@ class HeadAttrLM(TemplateLM):
         return results
 
     def _causal_scores(self, pairs, bar) -> list[tuple[float, bool]]:
-        """Longest inputs first, ``batch_size`` per right-padded pass (as lm-eval's ``hf``); requests whose inputs
-        are the same tokens (one-token choices after one context) share one row of the pass (``unique_rows``)."""
+        """Longest inputs first, ``batch_size`` distinct inputs per right-padded pass (as lm-eval's ``hf``);
+        requests whose inputs are the same tokens (one-token choices after one context) share one row of the
+        pass (``unique_rows``)."""
         inputs = [(ctx + cont)[-(self.max_length + 1) :][:-1] for ctx, cont in pairs]
         order = sorted(range(len(pairs)), key=lambda i: (-causal_input_length(*pairs[i], self.max_length), inputs[i]))
+        chunks, distinct = [], 0  # batch_size distinct inputs per pass (repeats are adjacent in this order)
+        for k, i in enumerate(order):
+            new = k == 0 or inputs[i] != inputs[order[k - 1]]
+            if k == 0 or (new and distinct == self.batch_size):
+                chunks.append([])
+                distinct = 0
+            chunks[-1].append(i)
+            distinct += new
         results: list = [None] * len(pairs)
-        for lo in range(0, len(order), self.batch_size):
-            chunk = order[lo : lo + self.batch_size]
+        for chunk in chunks:
             scored = causal_scored_input(
                 f"requests {chunk}", [pairs[i] for i in chunk], self.max_length, self.eot_token_id
             )
