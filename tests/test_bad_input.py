@@ -168,3 +168,45 @@ def test_unnamespaced_hub_id_offline_says_so(project, monkeypatch):
         "model.path: 'bert-base-uncased' is not found locally, and the hub is offline (HF_HUB_OFFLINE / "
         "TRANSFORMERS_OFFLINE is set) to fetch it as a hub id; download it and set model.path to its folder"
     )
+
+
+def test_hub_id_accepted_when_the_hub_answers(project, monkeypatch):
+    import headattr.models.loading as loading
+
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)
+    config = validate_config(config_with(project, model__path="bert-base-uncased"), project)
+    assert config["model"]["path"] == "bert-base-uncased"
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: "the hub is not reachable (URLError)")
+    with pytest.raises(ConfigError, match=r"the hub is not reachable \(URLError\) to fetch it as a hub id"):
+        validate_config(config_with(project, model__path="bert-base-uncased"), project)
+
+
+def test_hub_id_in_the_local_cache_is_accepted_offline(project, tmp_path, monkeypatch):
+    """An un-namespaced id whose config.json is in the Hugging Face cache loads offline: not refused."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--bert-base-uncased" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--bert-base-uncased" / "refs").mkdir()
+    (cache / "models--bert-base-uncased" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    config = validate_config(config_with(project, model__path="bert-base-uncased"), project)
+    assert config["model"]["path"] == "bert-base-uncased"
+    with pytest.raises(ConfigError, match="'distilbert-base-uncased' is not found locally, and the hub is offline"):
+        validate_config(config_with(project, model__path="distilbert-base-uncased"), project)
+
+
+def test_namespaced_hub_id_offline_says_so_at_the_model_check(project, monkeypatch):
+    from headattr.pipeline.checks import check_inputs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = validate_config(config_with(project, model__path="org/model"), project)
+    with pytest.raises(ConfigError) as info:
+        check_inputs(config, project, passed=None)
+    assert str(info.value) == (
+        "model.path: 'org/model' is not found locally, and the hub is offline (HF_HUB_OFFLINE / "
+        "TRANSFORMERS_OFFLINE is set) to fetch it as a hub id; download it and set model.path to its folder"
+    )

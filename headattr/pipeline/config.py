@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.loading import hub_unreachable, model_n_layers, model_shape
+from ..models.loading import hub_id_problem, model_n_layers, model_shape
 
 
 def _is_local_path(path: str) -> bool:
@@ -59,6 +59,18 @@ def check_source(source: str, root: Path, key: str) -> None:
             raise ConfigError(f"{key}: file {source!r} does not exist")
 
 
+def check_model_location(model_path: str, root: Path | str = ".") -> None:
+    """A local model path exists; an un-namespaced hub id (bert-base-uncased) not found locally or in the hub
+    cache needs a reachable hub. Raises ConfigError on model.path (the workflow and the CLI)."""
+    found = (Path(root) / Path(model_path).expanduser()).exists()
+    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
+        problem = hub_id_problem(model_path)
+        if problem:
+            raise ConfigError(problem)
+    elif _is_local_path(model_path) and not found:
+        raise ConfigError(f"model.path: {model_path!r} does not exist")
+
+
 def check_config(config: dict, root: Path | str = ".") -> None:
     """Checks beyond the JSON schema, before any rule runs; each error names the key."""
     root = Path(root)
@@ -68,16 +80,7 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if ".." in config["run"] or "/" in config["run"]:
         raise ConfigError(f"run: {config['run']!r} must be a plain name")
     model_path = config["model"]["path"]
-    found = (root / Path(model_path).expanduser()).exists()
-    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
-        problem = hub_unreachable()  # an un-namespaced hub id such as bert-base-uncased
-        if problem:
-            raise ConfigError(
-                f"model.path: {model_path!r} is not found locally, and {problem} to fetch it as a hub id; "
-                "download it and set model.path to its folder"
-            )
-    elif _is_local_path(model_path) and not found:
-        raise ConfigError(f"model.path: {model_path!r} does not exist")
+    check_model_location(model_path, root)
     check_source(config["data"]["source"], root, "data.source")
     transfer = config["validation"].get("data")
     if transfer:
