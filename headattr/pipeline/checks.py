@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..models.checks import check_model
-from .config import validate_schema
+from .config import check_model_location, validate_schema
 from .exports import check_importance_files
 from .keys import units
 
@@ -52,7 +52,7 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
     done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
     if key in done and input_checksums(config)["model"] is not None:
         return done[key]
-    found = check_model(config, root)
+    found = check_model_settings(config, root)
     if store is not None:
         from .dumps import atomic_write
 
@@ -62,3 +62,11 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
         except OSError:
             pass  # only costs checking again next time
     return found
+
+
+def check_model_settings(config: dict, root: Path | str = ".") -> dict:
+    """The model checks of a run (its ``model``, ``data.max_len`` / ``chat_template`` and ``objective``
+    sections): the path or hub id, then :func:`headattr.models.checks.check_model`. The workflow (through
+    :func:`check_inputs`) and the CLI run this one path, so they refuse the same settings with the same message."""
+    check_model_location(config["model"]["path"], root)
+    return check_model(config, root)
