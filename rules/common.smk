@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from headattr.pipeline.checks import check_inputs, validate_config
+from headattr.pipeline.origins import inherited
 from headattr.pipeline.workflow import is_weight_file
 from headattr.pipeline.keys import (
     diagnostic_groups,
@@ -23,10 +24,17 @@ validate_config(config, Path.cwd())
 POINTS = sweep_points(config, lambda point: validate_config(point, Path.cwd()))
 # the configs whose artifacts this run can build: the base config and every sweep point
 CONFIGS = [config] + [p.config for p in POINTS]
+# keys a --configfile leaves to the embedded config.yaml, named in errors about their values
+ORIGINS = inherited(
+    ["data.max_samples"],
+    workflow.config_settings.overwrite_config,
+    workflow.overwrite_configfiles,
+    config,
+)
 # model and input checks, once in the main process (jobs that re-parse the Snakefile skip them)
 if workflow.is_main_process:
     for cfg in CONFIGS:
-        check_inputs(cfg, Path.cwd())
+        check_inputs(cfg, Path.cwd(), origins=ORIGINS)
     # validation.tasks: task files and names exist (before any job loads a model), once per distinct setting
     for tasks_cfg in {repr(c["validation"]["tasks"]): c for c in CONFIGS}.values():
         check_tasks(tasks_cfg, Path.cwd())
