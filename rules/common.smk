@@ -16,6 +16,7 @@ from headattr.pipeline.keys import (
     validation_groups,
 )
 from headattr.report.keys import report_key
+from headattr.sweeps.configs import resolved_configs
 from headattr.sweeps.plan import sweep_plan, sweep_points
 from headattr.evaluation.protocol import importance_inputs, merged_plans, task_plan
 from headattr.evaluation.tasks import check_tasks
