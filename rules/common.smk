@@ -5,6 +5,7 @@ from pathlib import Path
 
 from headattr.pipeline.checks import check_inputs, validate_config
 from headattr.pipeline.origins import inherited
+from headattr.pipeline.runlock import acquire_run_lock
 from headattr.pipeline.workflow import is_weight_file
 from headattr.pipeline.keys import (
     diagnostic_groups,
@@ -156,7 +157,8 @@ def get_final_output():
 
 def run_view():
     """Point results/<run> at the report of this config (a relative symlink), whether or not anything is
-    rebuilt; until that report exists the link dangles rather than show another config's report.
+    rebuilt; until that report exists the link dangles rather than show another config's report. Holds the run's
+    lock (headattr.pipeline.runlock) until this process exits.
     """
     view = Path(RESULTS) / config["run"]
     target = (
@@ -164,6 +166,8 @@ def run_view():
         if POINTS
         else Path("reports") / REPORT_KEY
     )
+    # one snakemake per run name at a time: a second would move the view under the first
+    acquire_run_lock(RESULTS, config["run"], str(target))
     view.parent.mkdir(parents=True, exist_ok=True)
     if view.is_symlink() or not view.exists():
         tmp = view.with_name(f".{view.name}.tmp")
