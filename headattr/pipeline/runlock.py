@@ -30,8 +30,9 @@ def process_start(pid: int) -> float | None:
     import psutil  # a dependency of Snakemake
 
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
