@@ -3,18 +3,20 @@
     headattr attribute --model resources/demo/model --data demo --max-samples 1 --method per_layer \
         --steps 8 --mask-probs 0.15 0.5 --out out/ig.npz
 
-or ``headattr attribute --config run.yaml`` with the same keys (flags override the file). Writes the dump
-(``.npz``, see :mod:`headattr.pipeline.dumps`) and, beside it, the aggregated table ``<out>.heads.csv``.
+or ``headattr attribute --config run.yaml`` with the same keys (flags override the file). Before any IG it runs
+the workflow's model checks (:func:`headattr.pipeline.checks.check_model_settings`: mask id, positions, objective,
+hub ids), with the workflow's messages. Writes the dump (``.npz``, see :mod:`headattr.pipeline.dumps`) and, beside
+it, the aggregated tables ``<out>.heads.csv`` and ``<out>.completeness.csv``, the masks it drew ``<out>.masks.npz``
+(the workflow's masks.npz format) and the users' files ``<out>.head_importance.pt`` and ``<out>.per_sample_ig.pt``
+(:mod:`headattr.pipeline.exports`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from .errors import HeadattrError
@@ -48,6 +50,7 @@ DEFAULTS = {
     "mask_samples": 1,
     "layers": None,
     "postprocess": "signed",
+    "allow_mismatch": False,
 }
 
 
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--baseline", type=float)
     att.add_argument("--objective", choices=["diffusion", "causal"])
     att.add_argument("--weighting", choices=["mean", "inverse_p", "sum"])
+    att.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        default=None,
+        help="run an objective that does not fit the architecture (objective.allow_mismatch)",
+    )
     att.add_argument("--mask-samples", type=int, help="masks per mask probability (S)")
     att.add_argument("--path-samples", type=int, help="STP paths per sample")
     att.add_argument("--path-seed", type=int, help="STP threshold seed (default: --mask-seed)")
@@ -146,15 +155,42 @@ def resolve_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def output_paths(out: Path) -> dict[str, Path]:
+    """The files the CLI writes beside its dump ``out``."""
+    return {
+        name: out.with_suffix(suffix)
+        for name, suffix in (
+            ("heads", ".heads.csv"),
+            ("completeness", ".completeness.csv"),
+            ("masks", ".masks.npz"),
+            ("head_importance", ".head_importance.pt"),
+            ("per_sample_ig", ".per_sample_ig.pt"),
+        )
+    }
+
+
+def workflow_config(options: dict) -> dict:
+    """The CLI options as the workflow config sections its model checks read (model, data, objective)."""
+    return {
+        "model": {
+            "path": options["model"],
+            **{k: options[k] for k in ("dtype", "device", "trust_remote_code", "adapter", "mask_token_id")},
+        },
+        "data": {"max_len": options["max_len"], "chat_template": False},
+        "objective": {"kind": options["objective"], "allow_mismatch": bool(options["allow_mismatch"])},
+    }
+
+
 def run_attribute(options: dict) -> Path:
     from .data.sources import read_table, sample_records, to_records
     from .data.tokenize import tokenize_records
     from .engine.gate_engine import GateEngine
     from .models.loading import load_adapter
     from .objective.masking import draw_masks
-    from .pipeline.aggregate import aggregate, completeness_summary
     from .pipeline.attribute import AttributionSettings, run_attribution
+    from .pipeline.checks import check_model_settings
     from .pipeline.dumps import save_npz
+    from .pipeline.stages import aggregate_dump, save_masks
 
     settings = AttributionSettings(
         method=options["method"],
@@ -172,13 +208,13 @@ def run_attribute(options: dict) -> Path:
         layer_range=None if options["layers"] is None else list(options["layers"]),
         mask_samples=options["mask_samples"],
     ).validate()
+    config = workflow_config(options)
+    check_model_settings(config)
     records = sample_records(to_records(read_table(options["data"])), options["max_samples"], options["data_seed"])
-    model_cfg = {
-        "path": options["model"],
-        **{k: options[k] for k in ("dtype", "device", "trust_remote_code", "adapter", "mask_token_id")},
-    }
-    _, tokenizer, adapter = load_adapter(model_cfg)
+    _, tokenizer, adapter = load_adapter(config["model"])
     samples, report = tokenize_records(records, tokenizer, options["max_len"], shift=adapter.shift_logits)
+    out = Path(options["out"])
+    files = output_paths(out)
     masks = None
     if settings.objective == "diffusion":
         masks = draw_masks(
@@ -189,19 +225,31 @@ def run_attribute(options: dict) -> Path:
             adapter.shift_logits,
             settings.mask_samples,
         )
+        save_masks(
+            files["masks"],
+            samples,
+            masks,
+            settings.mask_probs,
+            settings.mask_mode,
+            settings.mask_seed,
+            adapter.shift_logits,
+            settings.mask_samples,
+        )
     engine = GateEngine(adapter, rows_per_pass=options["rows_per_pass"])
     arrays, meta = run_attribution(
         engine, samples, masks, settings, {"cli_options": options, "tokenize": report.as_dict()}
     )
-    out = Path(options["out"])
     save_npz(out, arrays, meta)
-    aggregate(arrays | {"meta_json": np.array(json.dumps(meta, default=str))}, options["postprocess"]).to_csv(
-        out.with_suffix(".heads.csv"), index=False
+    gaps = aggregate_dump(
+        out,
+        files["heads"],
+        files["completeness"],
+        (files["head_importance"], files["per_sample_ig"]),
+        options["postprocess"],
     )
-    gaps = completeness_summary(arrays)
     print(
-        f"wrote {out} ({len(samples)} samples); completeness gap max {gaps['gap_abs_max']:.3g} "
-        f"(relative {gaps['gap_rel_max']:.3g})",
+        f"wrote {out} ({len(samples)} samples) and {', '.join(p.name for p in files.values() if p.exists())}; "
+        f"completeness gap max {gaps['gap_abs_max']:.3g} (relative {gaps['gap_rel_max']:.3g})",
         file=sys.stderr,
     )
     return out

@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 from headattr.pipeline.checks import check_inputs, validate_config
+from headattr.pipeline.origins import inherited
+from headattr.pipeline.runlock import acquire_run_lock
 from headattr.pipeline.workflow import is_weight_file
 from headattr.pipeline.keys import (
     diagnostic_groups,
@@ -15,6 +17,7 @@ from headattr.pipeline.keys import (
     validation_groups,
 )
 from headattr.report.keys import report_key
+from headattr.sweeps.configs import resolved_configs
 from headattr.sweeps.plan import sweep_plan, sweep_points
 from headattr.evaluation.protocol import importance_inputs, merged_plans, task_plan
 from headattr.evaluation.tasks import check_tasks
@@ -23,10 +26,17 @@ validate_config(config, Path.cwd())
 POINTS = sweep_points(config, lambda point: validate_config(point, Path.cwd()))
 # the configs whose artifacts this run can build: the base config and every sweep point
 CONFIGS = [config] + [p.config for p in POINTS]
+# keys a --configfile leaves to the embedded config.yaml, named in errors about their values
+ORIGINS = inherited(
+    ["data.max_samples"],
+    workflow.config_settings.overwrite_config,
+    workflow.overwrite_configfiles,
+    config,
+)
 # model and input checks, once in the main process (jobs that re-parse the Snakefile skip them)
 if workflow.is_main_process:
     for cfg in CONFIGS:
-        check_inputs(cfg, Path.cwd())
+        check_inputs(cfg, Path.cwd(), origins=ORIGINS)
     # validation.tasks: task files and names exist (before any job loads a model), once per distinct setting
     for tasks_cfg in {repr(c["validation"]["tasks"]): c for c in CONFIGS}.values():
         check_tasks(tasks_cfg, Path.cwd())
@@ -147,7 +157,8 @@ def get_final_output():
 
 def run_view():
     """Point results/<run> at the report of this config (a relative symlink), whether or not anything is
-    rebuilt; until that report exists the link dangles rather than show another config's report.
+    rebuilt; until that report exists the link dangles rather than show another config's report. Holds the run's
+    lock (headattr.pipeline.runlock) until this process exits.
     """
     view = Path(RESULTS) / config["run"]
     target = (
@@ -155,6 +166,8 @@ def run_view():
         if POINTS
         else Path("reports") / REPORT_KEY
     )
+    # one snakemake per run name at a time: a second would move the view under the first
+    acquire_run_lock(RESULTS, config["run"], str(target))
     view.parent.mkdir(parents=True, exist_ok=True)
     if view.is_symlink() or not view.exists():
         tmp = view.with_name(f".{view.name}.tmp")

@@ -2,6 +2,8 @@ SWEEP = sweep_plan(config, POINTS) if POINTS else None
 SWEEP_IG = (
     list(dict.fromkeys(k for e in SWEEP["entities"] for k in e["ig"])) if SWEEP else []
 )
+# each point's resolved config, written beside the sweep report (not in the plan: the sweep key stays)
+SWEEP_CONFIGS = resolved_configs(config, POINTS) if SWEEP else None
 SWEEP_VALIDATION = [v["key"] for v in SWEEP["validation"]] if SWEEP else []
 # task evaluations of every point (validation.tasks), shared points once
 SWEEP_TASKS = list(dict.fromkeys(t["key"] for t in SWEEP["tasks"])) if SWEEP else []
@@ -54,11 +56,13 @@ rule sweep_report:
             caption="../report/sweep.rst",
             category="Sweep",
         ),
+        configs=directory(f"{RESULTS}/sweeps/{{key}}/configs"),
     log:
         f"{RESULTS}/logs/sweep_report/{{key}}.log",
     conda:
         "../envs/analysis.yaml"
     params:
         plan=SWEEP,
+        configs=SWEEP_CONFIGS,
     script:
         "../scripts/sweep_report.py"

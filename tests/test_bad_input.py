@@ -168,3 +168,87 @@ def test_unnamespaced_hub_id_offline_says_so(project, monkeypatch):
         "model.path: 'bert-base-uncased' is not found locally, and the hub is offline (HF_HUB_OFFLINE / "
         "TRANSFORMERS_OFFLINE is set) to fetch it as a hub id; download it and set model.path to its folder"
     )
+
+
+def test_hub_id_accepted_when_the_hub_answers(project, monkeypatch):
+    import headattr.models.loading as loading
+
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: None)
+    config = validate_config(config_with(project, model__path="bert-base-uncased"), project)
+    assert config["model"]["path"] == "bert-base-uncased"
+    monkeypatch.setattr(loading, "hub_unreachable", lambda: "the hub is not reachable (URLError)")
+    with pytest.raises(ConfigError, match=r"the hub is not reachable \(URLError\) to fetch it as a hub id"):
+        validate_config(config_with(project, model__path="bert-base-uncased"), project)
+
+
+def test_hub_id_in_the_local_cache_is_accepted_offline(project, tmp_path, monkeypatch):
+    """An un-namespaced id whose config.json is in the Hugging Face cache loads offline: not refused."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    snapshot = cache / "models--bert-base-uncased" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--bert-base-uncased" / "refs").mkdir()
+    (cache / "models--bert-base-uncased" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    config = validate_config(config_with(project, model__path="bert-base-uncased"), project)
+    assert config["model"]["path"] == "bert-base-uncased"
+    with pytest.raises(ConfigError, match="'distilbert-base-uncased' is not found locally, and the hub is offline"):
+        validate_config(config_with(project, model__path="distilbert-base-uncased"), project)
+
+
+def test_namespaced_hub_id_offline_says_so_at_the_model_check(project, monkeypatch):
+    from headattr.pipeline.checks import check_inputs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = validate_config(config_with(project, model__path="org/model"), project)
+    with pytest.raises(ConfigError) as info:
+        check_inputs(config, project, passed=None)
+    assert str(info.value) == (
+        "model.path: 'org/model' is not found locally, and the hub is offline (HF_HUB_OFFLINE / "
+        "TRANSFORMERS_OFFLINE is set) to fetch it as a hub id; download it and set model.path to its folder"
+    )
+
+
+@pytest.fixture
+def empty_hf_caches(tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "datasets-cache"
+
+
+def test_hf_data_source_offline_fails_before_any_job(project, empty_hf_caches):
+    with pytest.raises(ConfigError) as info:
+        validate_config(config_with(project, data__source="hf:gsm8k:main"), project)
+    assert str(info.value) == (
+        "data.source: 'hf:gsm8k:main' is a Hugging Face hub data set that is not in the local datasets cache, and "
+        "the hub is offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set); download it once where the hub is "
+        "reachable (datasets.load_dataset('gsm8k').save_to_disk(DIR)) and set data.source to DIR (or to a jsonl / "
+        "parquet file)"
+    )
+    with pytest.raises(ConfigError, match=r"^validation.data.source: 'hf:org/set' is a Hugging Face hub data set"):
+        validate_config(config_with(project, validation__data={"source": "hf:org/set"}), project)
+    (empty_hf_caches / "org___set").mkdir(parents=True)  # cached: load_dataset reads it offline
+    validate_config(config_with(project, validation__data={"source": "hf:org/set"}), project)
+
+
+def test_hf_data_source_unreachable_in_the_job_names_the_source(monkeypatch):
+    import datasets
+    import requests
+
+    def unreachable(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/datasets/gsm8k")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(
+        DataError,
+        match=r"^data.source: 'hf:gsm8k' is a Hugging Face hub data set .* and the hub is "
+        r"not reachable \(ConnectionError: Max retries",
+    ):
+        read_table("hf:gsm8k")

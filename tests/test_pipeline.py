@@ -163,6 +163,8 @@ def test_cli_runs_one_attribution(model_dir, data_file, tmp_path, capsys):
             str(out),
             "--device",
             "cpu",
+            "--max-len",
+            "64",  # the default 256 is beyond the tiny BERT's 80 positions: refused like the workflow does
         ]
     )
     assert code == 0

@@ -308,3 +308,40 @@ def test_tables_of_a_sweep_without_numeric_axes_read_back(tmp_path):
     assert tables["convergence"].empty and "converged_at" in tables["convergence"].columns
     back = read_tables(write_tables(tables, tmp_path / "tables")[0].parent)  # an empty file would not parse
     assert back["convergence"].empty and list(back["transfer"].columns)[:2] == ["method", "mode"]
+
+
+def test_point_configs_are_written_and_their_differing_keys_reported(tiny_config, tmp_path):
+    from headattr.sweeps.configs import differing_keys, resolved_configs
+    from headattr.sweeps.report import write_sweep_report
+
+    base = copy.deepcopy(tiny_config)
+    base["ig"]["rule"] = "gauss_legendre"
+    cfg, points = points_of(
+        base,
+        {"I": ("ig", [{"methods": ["joint"], "steps": 3}, {"methods": ["per_layer"]}], ["joint3", "per_layer"])},
+    )
+    configs = resolved_configs(cfg, points)
+    diff = differing_keys(configs)
+    # the base runs joint with 2 steps: the first point differs in steps only, the second in methods only
+    assert diff[["point", "key", "value", "base"]].values.tolist() == [
+        ["I=joint3", "ig.steps", "3", "2"],
+        ["I=per_layer", "ig.methods", '["per_layer"]', '["joint"]'],
+    ]
+    rng = np.random.default_rng(0)
+    dumps = [fake_dump(tmp_path / f"d{i}.npz", rng.normal(size=(4, 2, 3, 4))) for i in range(2)]
+    plan = planted_plan([2, 4], ["a", "b"]) | {"key": "tiny-sweep-k"}
+    tables = sweep_tables(plan, dict(zip(["a", "b"], dumps, strict=True)), {})
+    out = tmp_path / "sweep"
+    write_sweep_report(plan, tables, out / "report.md", out / "figures", configs, out / "configs")
+    files = sorted((out / "configs").iterdir())
+    assert [f.name for f in files] == ["00-I=joint3.yaml", "01-I=per_layer.yaml"]
+    for f, point in zip(files, points, strict=True):
+        written = yaml.safe_load(f.read_text())
+        assert written == point.config and not written["sweep"]["axes"]
+        assert written["ig"]["rule"] == "gauss_legendre", "the base config's other keys are kept"
+        again = validate_config(copy.deepcopy(written))  # the file runs as that point alone
+        assert again == written
+    report = (out / "report.md").read_text()
+    assert "## Point configs (resolved)" in report
+    assert '| I=per_layer | configs/01-I=per_layer.yaml | ig.methods | ["per_layer"] | ["joint"] |' in report
+    assert "| I=joint3 | configs/00-I=joint3.yaml | ig.steps | 3 | 2 |" in report

@@ -273,3 +273,25 @@ def test_adding_a_fraction_reruns_only_that_point_and_the_report(tiny_task_run):
     jobs = jobs_after_edit(tiny_task_run, lambda cfg: cfg["validation"]["tasks"].update(fractions=[0.0, 0.25, 0.5]))
     # the new fraction: per_layer most + least and 2 random seeds; then the table and the report
     assert jobs == {"task_keepmask": 4, "task_eval": 4, "task_validation": 1, "report": 1, "all": 1}, jobs
+
+
+def test_multiple_choice_rows_without_choices_fail_at_parse_naming_task_and_row(tmp_path):
+    config, root = load_config(tiny_task_project(tmp_path))
+    docs = root / "tasks" / "docs.jsonl"
+    rows = [json.loads(line) for line in docs.read_text().splitlines()]
+    rows[2]["choices"] = []
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError) as info:
+        check_tasks(config, root)
+    assert str(info.value) == (
+        f"validation.tasks.tasks[0] ('tasks/tiny_mc.yaml'): multiple-choice task 'tiny_mc': line 3 of "
+        f"{str(root / 'tasks' / 'docs.jsonl')!r} has no choices (field 'choices' is []); give every row at least one "
+        "choice or drop the row"
+    )
+    rows[2]["choices"], rows[4]["label"] = ["w1", "w2", "w3"], 3
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"line 5 of .* has target 'label' = 3, outside its 3 choices"):
+        check_tasks(config, root)
+    rows[4]["label"] = 2
+    docs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert check_tasks(config, root)["names"] == ["tiny_mc"]

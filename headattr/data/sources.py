@@ -65,6 +65,31 @@ def resolve_source(source: str) -> str | Path:
     return path
 
 
+def hf_name(source: str) -> str:
+    """The data set name of an ``hf:NAME`` or ``hf:NAME:CONFIG`` source."""
+    return source[3:].partition(":")[0]
+
+
+def hf_cached(source: str) -> bool:
+    """True when the ``hf:`` data set is in the local datasets or hub cache (``load_dataset`` reads it offline)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    name = hf_name(source)
+    return (Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___")).is_dir() or (
+        Path(huggingface_hub.constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    ).is_dir()
+
+
+def hf_offline_message(source: str, key: str, problem: str) -> str:
+    """What to do about an ``hf:`` source the hub cannot serve (``problem``: why, e.g. the hub is offline)."""
+    return (
+        f"{key}: {source!r} is a Hugging Face hub data set that is not in the local datasets cache, and {problem}; "
+        f"download it once where the hub is reachable (datasets.load_dataset({hf_name(source)!r}).save_to_disk(DIR)) "
+        f"and set {key} to DIR (or to a jsonl / parquet file)"
+    )
+
+
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     rows = []
@@ -93,7 +118,11 @@ def _read_dataset(resolved, split: str) -> list[tuple[str, dict]]:
         data = datasets.load_from_disk(str(resolved))
     else:
         name, _, config = resolved[3:].partition(":")
-        data = datasets.load_dataset(name, config or None)
+        try:
+            data = datasets.load_dataset(name, config or None)
+        except (ConnectionError, OSError) as exc:  # requests' ConnectionError is an OSError
+            problem = f"the hub is not reachable ({type(exc).__name__}: {str(exc)[:200]})"
+            raise DataError(hf_offline_message(resolved, "data.source", problem)) from exc
     if isinstance(data, datasets.DatasetDict):
         if split not in data:
             raise ConfigError(f"data.split: {split!r} is not a split of {str(resolved)!r} (splits: {sorted(data)})")

@@ -43,6 +43,51 @@ def _data_files(doc: dict) -> list[str]:
     return [f for v in values for f in ([v] if isinstance(v, str) else list(v))]
 
 
+def _field(template) -> str | None:
+    """The row field a ``doc_to_choice`` / ``doc_to_target`` names (a plain name or ``{{name}}``), else None."""
+    if not isinstance(template, str):
+        return None
+    name = template.strip()
+    if name.startswith("{{") and name.endswith("}}"):
+        name = name[2:-2].strip()
+    return name if name.isidentifier() else None
+
+
+def check_choices(doc: dict, data_files: list[Path], where: str) -> None:
+    """A multiple-choice task has choices on every row (lm-eval indexes them: an empty list is an IndexError deep
+    in the evaluation), and an integer target inside them; checked where the choices are a list in the YAML or a
+    row field of the data files. Raises ConfigError naming the task, the file and the row."""
+    from ..data.sources import read_table
+    from ..errors import DataError
+
+    if doc.get("output_type") != "multiple_choice":
+        return
+    task, choice = doc["task"], doc.get("doc_to_choice")
+    if isinstance(choice, list) and not choice:
+        raise ConfigError(f"{where}: multiple-choice task {task!r} has an empty doc_to_choice list")
+    field, target = _field(choice), _field(doc.get("doc_to_target"))
+    if field is None:
+        return
+    for data in data_files:
+        try:
+            rows = read_table(str(data))
+        except (ConfigError, DataError):
+            continue  # a format read_table does not know: lm-eval reports it
+        for at, row in rows:
+            choices = row.get(field)
+            if choices is None or len(choices) == 0:
+                raise ConfigError(
+                    f"{where}: multiple-choice task {task!r}: {at} of {str(data)!r} has no choices "
+                    f"(field {field!r} is {choices!r}); give every row at least one choice or drop the row"
+                )
+            label = row.get(target) if target else None
+            if isinstance(label, int) and not isinstance(label, bool) and not 0 <= label < len(choices):
+                raise ConfigError(
+                    f"{where}: multiple-choice task {task!r}: {at} of {str(data)!r} has target {target!r} = {label}, "
+                    f"outside its {len(choices)} choices"
+                )
+
+
 def _read_task_file(path: Path, where: str, root: Path) -> tuple[str, list[Path]]:
     """(task name, files it reads) of one local task YAML; errors name ``where``."""
     try:
@@ -57,6 +102,7 @@ def _read_task_file(path: Path, where: str, root: Path) -> tuple[str, list[Path]
         if not data_path.is_file():
             raise ConfigError(f"{where}: data file {data!r} of task {doc['task']!r} ({path}) does not exist")
         files.append(data_path)
+    check_choices(doc, files[1:], where)
     return doc["task"], files
 
 

@@ -54,6 +54,30 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
+def hub_cached(repo_id: str) -> bool:
+    """True when the hub id's config.json is in the local Hugging Face cache (usable with the hub offline)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def hub_id_problem(path: str) -> str | None:
+    """The message for a model path found neither locally nor in the hub cache while the hub cannot be used, or
+    None when it may be fetched (the hub answers) or loaded from the cache."""
+    if Path(path).expanduser().exists() or hub_cached(path):
+        return None
+    problem = hub_unreachable()
+    if problem is None:
+        return None
+    return (
+        f"model.path: {path!r} is not found locally, and {problem} to fetch it as a hub id; "
+        "download it and set model.path to its folder"
+    )
+
+
 def _looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not Path(path).exists()
@@ -74,6 +98,9 @@ def load_config(path: str, trust_remote_code: bool = False):
             ) from exc
         raise
     except OSError as exc:
+        offline = hub_id_problem(path)
+        if offline:
+            raise ConfigError(offline) from exc
         raise ConfigError(f"model.path: cannot load a model config from {path!r}: {exc}") from exc
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..models.checks import check_model
-from .config import validate_schema
+from .config import check_model_location, validate_schema
 from .exports import check_importance_files
 from .keys import units
 
@@ -26,8 +27,34 @@ def validate_config(config: dict, root: Path | str = ".") -> dict:
 PASSED = Path(".snakemake") / "headattr-checks.json"
 
 
-def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PASSED) -> dict:
+def check_record_count(config: dict, root: Path | str = ".", origins: dict | None = None) -> None:
+    """``data.max_samples`` is at most the records of a local ``data.source`` (valid samples are fewer still), so
+    the tokenize job cannot fail for lack of records; the error says when the value is inherited from the embedded
+    default config.yaml (``origins``, :func:`headattr.pipeline.origins.inherited`) and where to set it."""
+    from ..data.sources import read_table
+    from .origins import origin_note, where_to_set
+
+    d = config["data"]
+    if d["source"] == "demo" or d["source"].startswith("hf:"):
+        return
+    n = len(read_table(str(Path(root) / d["source"]), d["split"]))
+    asked = d["max_samples"]
+    if asked > n:
+        key = "data.max_samples"
+        raise ConfigError(
+            f"{key}: {asked}{origin_note(origins, key, asked)} asks for more samples than the {n} records of "
+            f"data.source {d['source']!r}; set data.max_samples: {n} (or fewer) under data: in "
+            f"{where_to_set(origins, key, asked)}"
+        )
+
+
+def check_inputs(
+    config: dict, root: Path | str = ".", passed: Path | None = PASSED, origins: dict | None = None
+) -> dict:
     """Every check of the model and data source that needs files (the schema checks ran before).
+
+    ``origins``: the keys whose values the run's ``--configfile`` files inherit from the embedded default
+    config.yaml (:func:`headattr.pipeline.origins.inherited`), named in the errors about them.
 
     A check that passed is remembered in ``passed`` under a hash of the settings it read and the content
     checksums of the model and data, so later starts skip it (no transformers import) until one of them changes.
@@ -43,7 +70,7 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
     key = param_hash(
         {
             "model": config["model"],
-            "data": {k: d[k] for k in ("max_len", "chat_template")},
+            "data": {k: d[k] for k in ("max_len", "chat_template", "max_samples", "source", "split")},
             "objective": {k: o[k] for k in ("kind", "allow_mismatch")},
             "checksums": input_checksums(config),
         }
@@ -52,7 +79,8 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
     done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
     if key in done and input_checksums(config)["model"] is not None:
         return done[key]
-    found = check_model(config, root)
+    check_record_count(config, root, origins)
+    found = check_model_settings(config, root)
     if store is not None:
         from .dumps import atomic_write
 
@@ -62,3 +90,11 @@ def check_inputs(config: dict, root: Path | str = ".", passed: Path | None = PAS
         except OSError:
             pass  # only costs checking again next time
     return found
+
+
+def check_model_settings(config: dict, root: Path | str = ".") -> dict:
+    """The model checks of a run (its ``model``, ``data.max_len`` / ``chat_template`` and ``objective``
+    sections): the path or hub id, then :func:`headattr.models.checks.check_model`. The workflow (through
+    :func:`check_inputs`) and the CLI run this one path, so they refuse the same settings with the same message."""
+    check_model_location(config["model"]["path"], root)
+    return check_model(config, root)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..models.loading import hub_unreachable, model_n_layers, model_shape
+from ..models.loading import hub_id_problem, hub_unreachable, model_n_layers, model_shape
 
 
 def _is_local_path(path: str) -> bool:
@@ -49,7 +49,10 @@ def validate_schema(config: dict, root: Path | str = ".") -> dict:
 
 
 def check_source(source: str, root: Path, key: str) -> None:
-    """A data source is 'demo', hf:NAME, a folder, or an existing file of a known type; else ConfigError on ``key``."""
+    """A data source is 'demo', hf:NAME (cached, or with a reachable hub), a folder, or an existing file of a known
+    type; else ConfigError on ``key``."""
+    if source.startswith("hf:"):
+        check_hf_source(source, key)
     if source != "demo" and not source.startswith("hf:") and not (root / source).is_dir():
         from ..data.sources import FILE_SUFFIXES
 
@@ -57,6 +60,33 @@ def check_source(source: str, root: Path, key: str) -> None:
             raise ConfigError(f"{key}: {source!r} is not 'demo', 'hf:NAME' or a file ending in {FILE_SUFFIXES}")
         if not (root / source).is_file():
             raise ConfigError(f"{key}: file {source!r} does not exist")
+
+
+def check_hf_source(source: str, key: str) -> None:
+    """An ``hf:`` data source needs the local datasets cache or a reachable hub (HF_DATASETS_OFFLINE counts as
+    offline); else ConfigError on ``key`` before any job (the job would fail with a raw ConnectionError)."""
+    import os
+
+    from ..data.sources import hf_cached, hf_offline_message
+
+    if hf_cached(source):
+        return
+    offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0")
+    problem = "the hub is offline (HF_DATASETS_OFFLINE is set)" if offline else hub_unreachable()
+    if problem:
+        raise ConfigError(hf_offline_message(source, key, problem))
+
+
+def check_model_location(model_path: str, root: Path | str = ".") -> None:
+    """A local model path exists; an un-namespaced hub id (bert-base-uncased) not found locally or in the hub
+    cache needs a reachable hub. Raises ConfigError on model.path (the workflow and the CLI)."""
+    found = (Path(root) / Path(model_path).expanduser()).exists()
+    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
+        problem = hub_id_problem(model_path)
+        if problem:
+            raise ConfigError(problem)
+    elif _is_local_path(model_path) and not found:
+        raise ConfigError(f"model.path: {model_path!r} does not exist")
 
 
 def check_config(config: dict, root: Path | str = ".") -> None:
@@ -68,16 +98,7 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if ".." in config["run"] or "/" in config["run"]:
         raise ConfigError(f"run: {config['run']!r} must be a plain name")
     model_path = config["model"]["path"]
-    found = (root / Path(model_path).expanduser()).exists()
-    if not found and "/" not in model_path and not model_path.startswith((".", "~")):
-        problem = hub_unreachable()  # an un-namespaced hub id such as bert-base-uncased
-        if problem:
-            raise ConfigError(
-                f"model.path: {model_path!r} is not found locally, and {problem} to fetch it as a hub id; "
-                "download it and set model.path to its folder"
-            )
-    elif _is_local_path(model_path) and not found:
-        raise ConfigError(f"model.path: {model_path!r} does not exist")
+    check_model_location(model_path, root)
     check_source(config["data"]["source"], root, "data.source")
     transfer = config["validation"].get("data")
     if transfer:

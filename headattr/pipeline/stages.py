@@ -122,6 +122,16 @@ def tokenize(
     return report.as_dict()
 
 
+def save_masks(out, samples, drawn: dict, probs, mask_mode: str, seed: int, shift: bool, mask_samples: int = 1) -> None:
+    """The drawn masks as ``masks.npz`` (:func:`headattr.objective.masking.pack_masks` and how they were drawn)."""
+    save_npz(
+        out,
+        pack_masks(samples, drawn, probs, mask_samples),
+        {"mask_mode": mask_mode, "mask_seed": seed, "shift": shift}
+        | ({"mask_samples": mask_samples} if mask_samples > 1 else {}),
+    )
+
+
 def masks(
     tokens_path, model_cfg: dict, kind: str, mask_probs, mask_mode: str, seed: int, out, mask_samples: int = 1
 ) -> dict:
@@ -134,12 +144,7 @@ def masks(
         drawn = {s.sample_id: np.zeros((1, s.length), dtype=bool) for s in samples}
     else:
         drawn = draw_masks(samples, probs, mask_mode, seed, shift, mask_samples)
-    save_npz(
-        out,
-        pack_masks(samples, drawn, probs, mask_samples),
-        {"mask_mode": mask_mode, "mask_seed": seed, "shift": shift}
-        | ({"mask_samples": mask_samples} if mask_samples > 1 else {}),
-    )
+    save_masks(out, samples, drawn, probs, mask_mode, seed, shift, mask_samples)
     counts = [int(m.sum()) for m in drawn.values()]
     return {"n_samples": len(samples), "masked_tokens_total": int(np.sum(counts))}
 

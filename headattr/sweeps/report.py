@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..pipeline.dumps import atomic_write
 from ..report import plots
+from .configs import configs_markdown, write_point_configs
 from .tables import stability_matrix
 
 
@@ -70,7 +71,14 @@ def task_aopc_markdown(task_aopc: pd.DataFrame, proxy: pd.DataFrame) -> list[str
     ]
 
 
-def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None:
+def write_sweep_report(
+    plan: dict, tables: dict, report_md, figures_dir, configs: dict | None = None, configs_dir=None
+) -> None:
+    """The sweep's markdown report and figures; with ``configs`` (:func:`headattr.sweeps.configs.resolved_configs`)
+    also each point's resolved config under ``configs_dir`` and the report section that lists them with the keys
+    in which they differ from the base config."""
+    if configs is not None:
+        write_point_configs(configs, configs_dir)
     labels = [e["label"] for e in plan["entities"]]
     figures = Path(figures_dir)
     mat = stability_matrix(tables["pairs"], labels)
@@ -103,6 +111,8 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
         "## Held-out pruning AOPC per point\n",
         _md(tables["aopc"]),
     ]
+    if configs is not None:
+        text += [part if isinstance(part, str) else _md(part) for part in configs_markdown(configs)]
     text += task_aopc_markdown(tables.get("task_aopc", pd.DataFrame()), tables.get("task_proxy", pd.DataFrame()))
     text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
     if "compute" in tables:
