@@ -503,6 +503,8 @@ def build_report(
             summaries,
             figures_dir,
             _md_table,
+            config["validation"]["tasks"].get("chance", {}),
+            config["validation"]["tasks"].get("min_margin", 0.1),
         )
     flags, capped = [], []
     for s in summaries:
