@@ -58,11 +58,13 @@ def validate_pruning(
 
     Curves are evaluated per sample; ``curves_out`` has their means with bootstrap intervals over samples,
     ``summary_out`` AOPC with intervals over samples and random orders (``validation.n_boot`` resamples), the
-    random orders' band and p, and the uniform predictor's loss and accuracy (``chance_loss``, ``chance_accuracy``)."""
+    random orders' band and p, the uniform predictor's loss and accuracy (``chance_loss``, ``chance_accuracy``) and
+    each method's task-specific criterion (:mod:`headattr.analysis.verdicts`)."""
     import math
 
     from ..pipeline.aggregate import attributed_layers, importance_matrix
     from .deletion import curve_means, deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
+    from .verdicts import pruning_criterion
 
     # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
     dumps = {m: load_dump(p) for m, p in dump_paths.items()}
@@ -98,6 +100,7 @@ def validate_pruning(
         chance_loss=math.log(vocab) if vocab else math.nan, chance_accuracy=1 / vocab if vocab else math.nan
     )
     means = curve_means(curves, n_boot=n_boot)
+    summary = summary.merge(pruning_criterion(means), on=["mode", "method"], how="left")
     atomic_write(curves_out, lambda tmp: means.to_csv(tmp, index=False))
     atomic_write(summary_out, lambda tmp: summary.to_csv(tmp, index=False))
     return {"n_heldout": len(samples), "methods": list(rankings)}

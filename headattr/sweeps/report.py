@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..pipeline.dumps import atomic_write
 from ..report import plots
+from .own_scores import own_scores_markdown
 from .tables import stability_matrix
 
 
@@ -105,6 +106,7 @@ def write_sweep_report(plan: dict, tables: dict, report_md, figures_dir) -> None
     ]
     text += task_aopc_markdown(tables.get("task_aopc", pd.DataFrame()), tables.get("task_proxy", pd.DataFrame()))
     text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
+    text += own_scores_markdown(tables.get("own_scores", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]
         once = c.drop_duplicates("ig_keys") if "ig_keys" in c else c  # points sharing an attribution count once
