@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.stats as sps
 
+from headattr.errors import ConfigError
 from headattr.evaluation.protocol import build_keep_mask, head_count_fractions, single_head_mask
 from headattr.evaluation.summary import (
     COLUMNS,
@@ -116,8 +117,10 @@ def test_head_counts_name_exact_heads_and_single_head_masks(tmp_path):
     assert (~keep).sum() == 1 and not keep[5, 6]  # rank 2 = the second largest
     keep = single_head_mask(importance, 1, layers=(1, 2))
     assert (~keep).sum() == 1 and not keep[2, 7]
-    with pytest.raises(Exception, match="validation.tasks.heads"):
+    with pytest.raises(ConfigError, match=r"validation.tasks.heads: \[49\] exceed the 48 eligible heads"):
         head_count_fractions({**cfg, "validation": {"tasks": {**t, "heads": [49]}}}, tmp_path)
+    with pytest.raises(ConfigError, match="validation.tasks.heads: model.path 'org/model' has no config.json"):
+        head_count_fractions({**cfg, "model": {"path": "org/model"}}, tmp_path)
 
 
 def test_task_figure_names_metrics_plainly_with_bands_and_chance(tmp_path, monkeypatch):
