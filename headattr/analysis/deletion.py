@@ -94,45 +94,54 @@ def _iterative_gates(
     return torch.stack(out).reshape(len(counts), *shape)
 
 
-def mean_metrics(engine, scored_inputs: Sequence[ScoredInput], gates: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(loss, accuracy), float64 [R] each, of gate rows [R, L, H]: means over samples and mask probabilities.
-
-    Identical gate rows are evaluated once; one engine call per sample."""
+def sample_metrics(engine, scored_inputs: Sequence[ScoredInput], gates: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(loss, accuracy), float64 [R, N] each, of gate rows [R, L, H] on each of the N samples: means over that
+    sample's mask probabilities. Identical gate rows are evaluated once; one engine call per sample."""
     unique, inverse = torch.unique(gates.reshape(gates.shape[0], -1), dim=0, return_inverse=True)
     unique = unique.reshape(-1, *gates.shape[1:])
-    loss, acc = torch.zeros(len(unique), dtype=torch.float64), torch.zeros(len(unique), dtype=torch.float64)
-    for scored in scored_inputs:
+    loss = torch.zeros(len(unique), len(scored_inputs), dtype=torch.float64)
+    acc = torch.zeros_like(loss)
+    for i, scored in enumerate(scored_inputs):
         n_p = scored.n_p
         rows = unique.repeat_interleave(n_p, 0)
         row_loss, row_acc = engine.losses_and_accuracy(scored, torch.arange(n_p).repeat(len(unique)), rows)
-        loss += row_loss.double().reshape(-1, n_p).mean(1)
-        acc += row_acc.double().reshape(-1, n_p).mean(1)
-    n = len(scored_inputs)
-    return (loss / n)[inverse].numpy(), (acc / n)[inverse].numpy()
+        loss[:, i] = row_loss.double().reshape(-1, n_p).mean(1)
+        acc[:, i] = row_acc.double().reshape(-1, n_p).mean(1)
+    return loss[inverse].numpy(), acc[inverse].numpy()
 
 
-def _curves(engine, scored_inputs, labelled_gates, fractions, counts) -> pd.DataFrame:
-    """Evaluate every curve's gates in one go; ``labelled_gates`` is [(mode, method, order, seed, gates [F, L, H])]."""
+def mean_metrics(engine, scored_inputs: Sequence[ScoredInput], gates: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(loss, accuracy), float64 [R] each, of gate rows [R, L, H]: means over samples and mask probabilities."""
+    loss, acc = sample_metrics(engine, scored_inputs, gates)
+    return loss.mean(axis=1), acc.mean(axis=1)
+
+
+def _curves(engine, scored_inputs, labelled_gates, fractions, counts, per_sample: bool = False) -> pd.DataFrame:
+    """Evaluate every curve's gates in one go; ``labelled_gates`` is [(mode, method, order, seed, gates [F, L, H])].
+    ``per_sample``: one row per (curve, fraction, sample) with the sample's index in column ``sample``."""
     if not scored_inputs:
         raise ValueError("deletion curves need at least one held-out sample")
-    loss, acc = mean_metrics(engine, scored_inputs, torch.cat([g for *_, g in labelled_gates]))
-    n_f = len(fractions)
+    loss, acc = sample_metrics(engine, scored_inputs, torch.cat([g for *_, g in labelled_gates]))
+    if not per_sample:
+        loss, acc = loss.mean(axis=1, keepdims=True), acc.mean(axis=1, keepdims=True)
+    n_f, n_s = len(fractions), loss.shape[1]
     frames = [
         pd.DataFrame(
             {
                 "mode": mode,
                 "method": method,
                 "order": order,
-                "seed": pd.array([seed] * n_f, dtype="Int64"),
-                "fraction": fractions,
-                "n_heads_off": counts,
-                "loss": loss[i * n_f : (i + 1) * n_f],
-                "accuracy": acc[i * n_f : (i + 1) * n_f],
+                "seed": pd.array([seed] * n_f * n_s, dtype="Int64"),
+                "fraction": np.repeat(fractions, n_s),
+                "n_heads_off": np.repeat(counts, n_s),
+                "loss": loss[i * n_f : (i + 1) * n_f].reshape(-1),
+                "accuracy": acc[i * n_f : (i + 1) * n_f].reshape(-1),
+                "sample": np.tile(np.arange(n_s), n_f),
             }
         )
         for i, (mode, method, order, seed, _) in enumerate(labelled_gates)
     ]
-    return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS + (["sample"] if per_sample else [])]
 
 
 def _random_gates(mode, seeds, counts, shape, candidates: np.ndarray) -> list:
@@ -157,10 +166,12 @@ def deletion_curves(
     orders: Sequence[str] = ORDERS,
     seeds: Sequence[int] = RANDOM_SEEDS,
     candidates=None,
+    per_sample: bool = False,
 ) -> pd.DataFrame:
     """One-shot curves: each method's scores [L, H] ranked once, in each order, plus random orders per seed.
 
-    Returns a tidy frame with :data:`CURVE_COLUMNS` (``mode`` = "one_shot"; ``seed`` is <NA> for rankings).
+    Returns a tidy frame with :data:`CURVE_COLUMNS` (``mode`` = "one_shot"; ``seed`` is <NA> for rankings); with
+    ``per_sample`` one row per held-out sample (column ``sample``) instead of their mean.
     """
     fractions = check_fractions(fractions)
     shape = (engine.adapter.n_layers, engine.adapter.n_heads)
@@ -172,7 +183,7 @@ def deletion_curves(
         for order in orders
     ]
     labelled += _random_gates("one_shot", seeds, counts, shape, candidates)
-    return _curves(engine, scored_inputs, labelled, fractions, counts)
+    return _curves(engine, scored_inputs, labelled, fractions, counts, per_sample)
 
 
 def iterative_deletion_curves(
@@ -183,11 +194,12 @@ def iterative_deletion_curves(
     orders: Sequence[str] = ORDERS,
     seeds: Sequence[int] = RANDOM_SEEDS,
     candidates=None,
+    per_sample: bool = False,
 ) -> pd.DataFrame:
     """Iterative curves: ``reattribute[method](gates [L, H] float32) -> scores [L, H]`` is called before every
     step that removes heads; heads already off stay off. Random curves as in :func:`deletion_curves`.
 
-    Returns a tidy frame with :data:`CURVE_COLUMNS` (``mode`` = "iterative")."""
+    Returns a tidy frame with :data:`CURVE_COLUMNS` (``mode`` = "iterative"), per sample as there."""
     fractions = check_fractions(fractions)
     shape = (engine.adapter.n_layers, engine.adapter.n_heads)
     candidates = _candidates(candidates, shape)
@@ -198,7 +210,7 @@ def iterative_deletion_curves(
         for order in orders
     ]
     labelled += _random_gates("iterative", seeds, counts, shape, candidates)
-    return _curves(engine, scored_inputs, labelled, fractions, counts)
+    return _curves(engine, scored_inputs, labelled, fractions, counts, per_sample)
 
 
 def reattributor(method: Callable, engine, scored_inputs: Sequence[ScoredInput], **settings) -> Reattribute:
@@ -225,25 +237,87 @@ def _curve_summary(curve: pd.DataFrame, tolerance: float) -> dict:
     }
 
 
-def deletion_summary(curves: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
+KEYS = ["mode", "method", "order", "seed"]
+
+
+def _per_sample(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample curves (mean curves count as one sample), seed <NA> as -1 so that it can be grouped on."""
+    out = curves if "sample" in curves else curves.assign(sample=0)
+    return out.assign(seed=out["seed"].astype("Int64").fillna(-1).astype(np.int64))
+
+
+def curve_means(curves: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Mean curves (:data:`CURVE_COLUMNS`) of per-sample curves with a bootstrap interval over samples per point:
+    ``loss_lo``, ``loss_hi``, ``accuracy_lo``, ``accuracy_hi`` (see :func:`pruning_stats.curve_interval`)."""
+    from .pruning_stats import curve_interval
+
+    frames = []
+    for _, part in _per_sample(curves).groupby(KEYS, sort=False):
+        wide = {m: part.pivot(index="fraction", columns="sample", values=m) for m in ("loss", "accuracy")}
+        mean = part.groupby("fraction").first()[[c for c in [*KEYS, "n_heads_off"] if c in part]].reset_index()
+        for metric, table in wide.items():
+            lo, hi = curve_interval(table.to_numpy(), n_boot, seed, level)
+            mean = mean.assign(**{metric: table.mean(axis=1).to_numpy(), f"{metric}_lo": lo, f"{metric}_hi": hi})
+        frames.append(mean)
+    out = pd.concat(frames, ignore_index=True)
+    out["seed"] = out["seed"].where(out["seed"] >= 0).astype("Int64")
+    bands = [f"{m}_{e}" for m in ("loss", "accuracy") for e in ("lo", "hi")]
+    return out[[c for c in CURVE_COLUMNS if c in out] + bands]
+
+
+def sample_aopc(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample AOPC, index (mode, method, order, seed with -1 for rankings) x columns sample: mean over
+    fractions > 0 of loss(fraction) - loss(0) of that sample."""
+    per = _per_sample(curves)
+    wide = per.pivot_table(index=KEYS + ["sample"], columns="fraction", values="loss", sort=False)
+    fractions = sorted(wide.columns)
+    later = [f for f in fractions if f > 0]
+    aopc = wide[later].sub(wide[fractions[0]], axis=0).mean(axis=1) if later else wide[fractions[0]] * math.nan
+    return aopc.unstack("sample")
+
+
+def deletion_summary(
+    curves: pd.DataFrame, tolerance: float = 0.05, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> pd.DataFrame:
     """One row per curve (mode, method, order, seed) with
 
     - ``aopc``: mean over fractions > 0 of loss(fraction) - loss(0) (higher = the order hurts sooner),
     - ``aopc_accuracy``: mean over fractions > 0 of accuracy(0) - accuracy(fraction),
     - ``removable_fraction``: the largest fraction up to which every loss stays within loss(0) * (1 + tolerance)
       (meaningful for ``least_first``: how much can be pruned),
-    - ``random_aopc``, ``random_removable_fraction``: means over the random seeds of the same mode, and
-      ``aopc_vs_random`` = aopc - random_aopc.
+    - ``aopc_random_mean``, ``random_removable_fraction``: means over the random orders of the same mode, and
+      ``aopc_vs_random`` = aopc - aopc_random_mean,
+    - for ranked orders, against the random orders of the same mode (:func:`pruning_stats.aopc_uncertainty`):
+      ``aopc_lo``/``aopc_hi``, ``random_q025``/``random_q975``, ``aopc_vs_random_lo``/``_hi``, ``p_vs_random``,
+      ``verdict`` and ``worse_than_random``; ``n_samples`` and ``n_random`` say what they rest on.
+
+    ``curves`` per sample (column ``sample``, :func:`deletion_curves` with ``per_sample``) give the intervals over
+    samples; mean curves count as one sample (intervals over random orders only).
     """
-    keys = ["mode", "method", "order", "seed"]
+    from .pruning_stats import aopc_uncertainty
+
+    means = curve_means(curves, n_boot=1, seed=seed)
     rows = [
-        dict(zip(keys, key, strict=True)) | _curve_summary(curve, tolerance)
-        for key, curve in curves.groupby(keys, dropna=False, sort=False)
+        dict(zip(KEYS, key, strict=True)) | _curve_summary(curve, tolerance)
+        for key, curve in means.groupby(KEYS, dropna=False, sort=False)
     ]
     summary = pd.DataFrame(rows)
     summary["seed"] = summary["seed"].astype("Int64")
     random = summary[summary["method"] == "random"].groupby("mode")[["aopc", "removable_fraction"]].mean()
-    random = random.rename(columns={"aopc": "random_aopc", "removable_fraction": "random_removable_fraction"})
+    random = random.rename(columns={"aopc": "aopc_random_mean", "removable_fraction": "random_removable_fraction"})
     summary = summary.merge(random, how="left", left_on="mode", right_index=True)
-    summary["aopc_vs_random"] = summary["aopc"] - summary["random_aopc"]
-    return summary.reset_index(drop=True)
+    summary["aopc_vs_random"] = summary["aopc"] - summary["aopc_random_mean"]
+    per = sample_aopc(curves)
+    stats = []
+    for row in summary.itertuples(index=False):
+        key = (row.mode, row.method, row.order, -1 if pd.isna(row.seed) else int(row.seed))
+        rnd = per[(per.index.get_level_values("mode") == row.mode) & (per.index.get_level_values("method") == "random")]
+        extra = {"n_samples": per.shape[1], "n_random": len(rnd)}
+        if row.method != "random" and len(rnd) and row.order in ("most_first", "least_first"):
+            u = aopc_uncertainty(per.loc[key].to_numpy(), rnd.to_numpy(), row.order, n_boot, seed, level)
+            extra |= {k: v for k, v in u.items() if k not in ("aopc", "aopc_random_mean", "aopc_vs_random")}
+        elif len(rnd):
+            q = np.quantile(rnd.mean(axis=1).to_numpy(), [(1 - level) / 2, (1 + level) / 2])
+            extra |= {"random_q025": float(q[0]), "random_q975": float(q[1])}
+        stats.append(extra)
+    return pd.concat([summary.reset_index(drop=True), pd.DataFrame(stats)], axis=1)

@@ -54,9 +54,17 @@ def validate_pruning(
     importance_files: dict | None = None,
 ) -> dict:
     """Deletion curves on held-out samples for every method's ranking (mean post-processed importance over
-    samples, see :func:`headattr.pipeline.aggregate.importance_matrix`) and every imported ``head_importance.pt``."""
+    samples, see :func:`headattr.pipeline.aggregate.importance_matrix`) and every imported ``head_importance.pt``.
+
+    Curves are evaluated per sample; ``curves_out`` has their means with bootstrap intervals over samples,
+    ``summary_out`` AOPC with intervals over samples and random orders (``validation.n_boot`` resamples), the
+    random orders' band and p, the uniform predictor's loss and accuracy (``chance_loss``, ``chance_accuracy``) and
+    each method's task-specific criterion (:mod:`headattr.analysis.verdicts`)."""
+    import math
+
     from ..pipeline.aggregate import attributed_layers, importance_matrix
-    from .deletion import deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
+    from .deletion import curve_means, deletion_curves, deletion_summary, iterative_deletion_curves, reattributor
+    from .verdicts import pruning_criterion
 
     # deletion curves rank by ascending score = descending importance, among the attributed heads (ig.layers)
     dumps = {m: load_dump(p) for m, p in dump_paths.items()}
@@ -72,7 +80,8 @@ def validate_pruning(
     engine = engine_for(adapter, model_cfg, engine_cfg)
     seeds = list(range(cfg["random_orders"]))
     candidates = [layer * adapter.n_heads + h for layer in layers for h in range(adapter.n_heads)]
-    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], seeds=seeds, candidates=candidates)
+    per = {"seeds": seeds, "candidates": candidates, "per_sample": True}
+    curves = deletion_curves(engine, scored, rankings, cfg["fractions"], **per)
     if cfg["iterative"]:
         from ..methods.first_order import first_order
 
@@ -80,14 +89,19 @@ def validate_pruning(
         curves = pd.concat(
             [
                 curves,
-                iterative_deletion_curves(
-                    engine, scored, reattribute, cfg["fractions"], seeds=seeds, candidates=candidates
-                ),
+                iterative_deletion_curves(engine, scored, reattribute, cfg["fractions"], **per),
             ],
             ignore_index=True,
         )
-    summary = deletion_summary(curves, cfg["tolerance"])
-    atomic_write(curves_out, lambda tmp: curves.to_csv(tmp, index=False))
+    n_boot = cfg.get("n_boot", 2000)
+    summary = deletion_summary(curves, cfg["tolerance"], n_boot=n_boot)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    summary = summary.assign(
+        chance_loss=math.log(vocab) if vocab else math.nan, chance_accuracy=1 / vocab if vocab else math.nan
+    )
+    means = curve_means(curves, n_boot=n_boot)
+    summary = summary.merge(pruning_criterion(means), on=["mode", "method"], how="left")
+    atomic_write(curves_out, lambda tmp: means.to_csv(tmp, index=False))
     atomic_write(summary_out, lambda tmp: summary.to_csv(tmp, index=False))
     return {"n_heldout": len(samples), "methods": list(rankings)}
 

@@ -8,6 +8,9 @@ point (method, order, fraction, random seed).
 - Evaluation keys hash the keep-mask key, the model and the evaluation settings (tasks and the checksums of their
   local files, limit, MC-ELBO and sampler settings). Adding a fraction therefore adds points and changes no
   existing key.
+- ``heads`` (head counts) add the fractions k / eligible heads (global convention: exactly k heads; per_layer: k
+  per layer); ``single_heads`` k adds, per ranked method, k single-head ablations: order ``single``, only the
+  head of rank ``seed`` (1 = the most important) pruned.
 - Specs are self-contained: a mask spec names its importance source, a point spec its evaluation settings and
   task files, so the rules read nothing else from the config and the plans of several configs (a sweep's points)
   merge into one table of jobs; points shared by configs (unpruned, random, an unchanged method) have one key.
@@ -24,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..pipeline.keys import model_slice, stage_key, units
 from ..pipeline.workflow import sha256_file
 from .tasks import resolve_tasks
 
 EVAL_SETTINGS = ("limit", "mc_num", "seed", "batch_size", "gen_length", "block_length", "steps")
 RANKED = ("most", "least")
+SINGLE = "single"
 
 
 def enabled(config: dict) -> bool:
@@ -50,6 +55,28 @@ def importance_sources(config: dict) -> dict:
 
 def _fraction_label(fraction: float) -> str:
     return f"f{float(fraction):g}"
+
+
+def head_count_fractions(config: dict, root: Path | str = ".") -> list[float]:
+    """The fractions of ``validation.tasks.heads``: k / eligible heads (k / heads per layer with ``per_layer``)."""
+    from ..models.loading import model_shape
+
+    t = config["validation"]["tasks"]
+    if not t.get("heads"):
+        return []
+    shape = model_shape(str(Path(root) / config["model"]["path"]))
+    if shape is None:
+        raise ConfigError(
+            f"validation.tasks.heads: model.path {config['model']['path']!r} has no config.json with layer and head "
+            "counts to turn head counts into fractions"
+        )
+    n_layers, n_heads = shape
+    layers = n_layers if t["layers"] is None else t["layers"][1] - t["layers"][0] + 1
+    eligible = n_heads if t["convention"] == "per_layer" else layers * n_heads
+    too_many = [k for k in t["heads"] if k > eligible]
+    if too_many:
+        raise ConfigError(f"validation.tasks.heads: {too_many} exceed the {eligible} eligible heads")
+    return [k / eligible for k in t["heads"]]
 
 
 def task_plan(config: dict, root: Path | str = ".") -> dict:
@@ -74,7 +101,8 @@ def task_plan(config: dict, root: Path | str = ".") -> dict:
     }
     sources = importance_sources(config)
     specs = [({"method": "none", "order": "none", "fraction": 0.0, "seed": None}, "unpruned", {"model": model})]
-    for fraction in sorted({float(f) for f in t["fractions"]} - {0.0}):
+    fractions = {float(f) for f in t["fractions"]} | set(head_count_fractions(config, root))
+    for fraction in sorted(fractions - {0.0}):
         f_label = _fraction_label(fraction)
         for method, source in sources.items():
             for order in (o for o in t["orders"] if o in RANKED):
@@ -84,11 +112,15 @@ def task_plan(config: dict, root: Path | str = ".") -> dict:
             for seed in range(t["random_seeds"]):
                 spec = {"method": "random", "order": "random", "fraction": fraction, "seed": seed}
                 specs.append((spec, f"random-r{seed}-{f_label}", {**spec, **common, "m": model}))
+    for rank in range(1, t.get("single_heads", 0) + 1):
+        for method, source in sources.items():
+            spec = {"method": method, "order": SINGLE, "fraction": 0.0, "seed": rank}
+            specs.append((spec, f"{method}-single-r{rank}", {"source": source, **spec, **common, "m": model}))
     masks, points = {}, {}
     run = {"eval": eval_settings(config), "files": [str(p) for p in resolved["files"]]}
     for spec, label, params in specs:
         mask_key = stage_key(label, params)
-        ranked = spec["order"] in RANKED
+        ranked = spec["order"] in (*RANKED, SINGLE)
         masks[mask_key] = {
             **spec,
             **common,
@@ -127,6 +159,8 @@ def build_keep_mask(spec: dict, shape: tuple[int, int], importance: np.ndarray |
 
     if spec["order"] == "none":
         return np.ones(shape, dtype=bool)
+    if spec["order"] == SINGLE:
+        return single_head_mask(importance, spec["seed"], spec["layers"])
     if spec["order"] == "random":
         importance = np.zeros(shape)
     layers = None if spec["layers"] is None else range(spec["layers"][0], spec["layers"][1] + 1)
@@ -139,6 +173,19 @@ def build_keep_mask(spec: dict, shape: tuple[int, int], importance: np.ndarray |
         spec["keep_at_least_one_head"],
         layers,
     )
+
+
+def single_head_mask(importance: np.ndarray, rank: int, layers=None) -> np.ndarray:
+    """Keep-mask [L, H] with only the head of importance rank ``rank`` (1 = most important; among the layers
+    ``[start, end]`` when given) pruned."""
+    from .keepmask import ranked_heads
+
+    imp = np.asarray(importance, dtype=np.float64)
+    keep = np.ones(imp.shape, dtype=bool)
+    start, end = (0, imp.shape[0] - 1) if layers is None else layers
+    flat = ranked_heads(imp[start : end + 1], "most")[rank - 1]
+    keep[start + flat // imp.shape[1], flat % imp.shape[1]] = False
+    return keep
 
 
 def lm_arguments(model_cfg: dict, t: dict) -> dict:
@@ -218,7 +265,6 @@ def eval_settings(config: dict) -> dict:
 
 def keepmask_stage(spec: dict, importance_paths, model_cfg: dict, out) -> dict:
     """Write one point's keep-mask (.npy, bool [L, H], no pickle) from the files :func:`importance_inputs` names."""
-    from ..errors import ConfigError
     from ..models.loading import model_shape
     from ..pipeline.dumps import write_npy
     from ..pipeline.exports import load_importance_file

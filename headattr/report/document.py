@@ -19,7 +19,6 @@ from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
     convergence_plot,
-    deletion_plot,
     head_heatmap,
     layer_consistency,
     matrix_heatmap,
@@ -27,6 +26,7 @@ from .plots import (
     topk_bars,
     variance_histogram,
 )
+from .pruning import validation_context
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "report" / "report.md.j2"
 DEFAULT_GAP_THRESHOLD = 0.01
@@ -361,32 +361,6 @@ def method_context(seed: int, diag: dict) -> dict:
     }
 
 
-def validation_context(seed: int, curves: pd.DataFrame, summary: pd.DataFrame, figures_dir: Path) -> tuple[dict, dict]:
-    """Pruning validation of one seed: curves figure and methods ranked by faithfulness (AOPC vs random)."""
-    name = f"deletion_seed{seed}.png"
-    deletion_plot(curves, f"pruning on held-out samples, seed {seed}", figures_dir / name)
-    ranked = summary[summary["method"] != "random"]
-    most = ranked[ranked["order"] == "most_first"].sort_values("aopc_vs_random", ascending=False)
-    least = ranked[ranked["order"] == "least_first"].set_index(["mode", "method"])["removable_fraction"]
-    labels = [
-        m + (" (iterative)" if mode == "iterative" else "")
-        for mode, m in zip(most["mode"], most["method"], strict=True)
-    ]
-    table = pd.DataFrame(
-        {
-            "method": labels,
-            "AOPC (loss, most first)": most["aopc"].to_numpy(),
-            "random AOPC": most["random_aopc"].to_numpy(),
-            "AOPC - random": most["aopc_vs_random"].to_numpy(),
-            "removable fraction (least first)": [
-                least.get((mode, m), float("nan")) for mode, m in zip(most["mode"], most["method"], strict=True)
-            ],
-        }
-    )
-    context = {"seed": seed, "figure": name, "table": _md_table(table, ".4f")}
-    return context, {"seed": seed, "ranking": table.to_dict("records")}
-
-
 def _completeness_rows(summaries: list[dict]) -> pd.DataFrame:
     def na(value):
         return "n/a" if value is None else value
@@ -508,7 +482,7 @@ def build_report(
     for seed, curves_csv, summary_csv in zip(
         validation_seeds, getattr(inputs, "validation", []), getattr(inputs, "validation_summary", []), strict=True
     ):
-        ctx, head = validation_context(seed, pd.read_csv(curves_csv), pd.read_csv(summary_csv), figures_dir)
+        ctx, head = validation_context(seed, pd.read_csv(curves_csv), pd.read_csv(summary_csv), figures_dir, _md_table)
         ctx["heldout"] = "see Data"
         if seed in heldout:
             counts = tokenize_counts(heldout[seed]["path"])
@@ -529,6 +503,8 @@ def build_report(
             summaries,
             figures_dir,
             _md_table,
+            config["validation"]["tasks"].get("chance", {}),
+            config["validation"]["tasks"].get("min_margin", 0.1),
         )
     flags, capped = [], []
     for s in summaries:

@@ -212,24 +212,3 @@ def category_heatmaps(
         ax.tick_params(labelsize=7)
     fig.suptitle(title)
     return _save(fig, path)
-
-
-def deletion_plot(curves, title: str, path) -> Path:
-    """Loss and accuracy vs fraction of heads removed: each method's orders against the random band."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    random = curves[curves["method"] == "random"]
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        if len(random):
-            band = random.groupby("fraction")[metric].agg(["mean", "min", "max"]).reset_index()
-            ax.fill_between(band["fraction"], band["min"], band["max"], color="grey", alpha=0.25, label="random")
-            ax.plot(band["fraction"], band["mean"], color="grey", lw=1)
-        ranked = curves[curves["method"] != "random"]
-        for (mode, method, order), part in ranked.groupby(["mode", "method", "order"]):
-            style = "-" if order == "most_first" else "--"
-            label = f"{method} {order}" + (" (iterative)" if mode == "iterative" else "")
-            ax.plot(part["fraction"], part[metric], style, marker=".", label=label)
-        ax.set_xlabel("fraction of heads removed")
-        ax.set_ylabel(f"held-out masked-token {metric}")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)

@@ -9,6 +9,7 @@ import pandas as pd
 from ..pipeline.dumps import atomic_write
 from ..report import plots
 from .configs import configs_markdown, write_point_configs
+from .own_scores import own_scores_markdown
 from .tables import stability_matrix
 
 
@@ -115,6 +116,7 @@ def write_sweep_report(
         text += [part if isinstance(part, str) else _md(part) for part in configs_markdown(configs)]
     text += task_aopc_markdown(tables.get("task_aopc", pd.DataFrame()), tables.get("task_proxy", pd.DataFrame()))
     text += transfer_markdown(tables.get("transfer", pd.DataFrame()))
+    text += own_scores_markdown(tables.get("own_scores", pd.DataFrame()))
     if "compute" in tables:
         c = tables["compute"]
         once = c.drop_duplicates("ig_keys") if "ig_keys" in c else c  # points sharing an attribution count once

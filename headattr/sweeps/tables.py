@@ -32,6 +32,7 @@ from ..pipeline.aggregate import per_sample_importance
 from ..pipeline.dumps import load_dump
 from ..report.compute import COLUMNS, per_example, unit_compute
 from ..stats.stability import converged_at, pair_stability
+from .own_scores import own_scores_table
 
 
 def entity_samples(entity: dict, dumps: dict) -> tuple[np.ndarray, list[str]]:
@@ -263,6 +264,7 @@ def sweep_tables(
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc,
         "transfer": transfer_table(plan, aopc),
+        "own_scores": own_scores_table(plan, summaries),
         "task_aopc": task_aopc,
         "task_proxy": task_proxy_table(task_aopc),
     } | ({"compute": compute_table(plan, benchmarks, manifests)} if benchmarks is not None else {})
