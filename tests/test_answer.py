@@ -1,0 +1,216 @@
+"""The report's first section "Which heads matter" (headattr.report.answer, headattr.stats.consensus): planted
+structure found with the right categories, pure noise names none, and the statistics equal their formulas."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import hypergeom
+
+from headattr.report.answer import answer_text, build_answer, gap_marks
+from headattr.stats.consensus import (
+    bootstrap_heads,
+    importance_statistic,
+    overlap_null_quantile,
+    reproducible_k,
+    stratified_counts,
+)
+
+L, H = 3, 4
+CATS = ["A"] * 6 + ["B"] * 6 + ["C"] * 6
+A_ONLY = (0, 1)  # heads that matter for category A only (L0H1, L0H2)
+ALL = 5  # a head that matters for every category (L1H1)
+
+
+def planted_unit(method: str, seed: int, noise: float = 0.3, planted: bool = True) -> dict:
+    """Per-sample importance of L*H heads on 18 samples (3 categories): noise, plus the planted heads."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, noise, (len(CATS), L * H))
+    if planted:
+        is_a = np.array([c == "A" for c in CATS])
+        x[is_a, A_ONLY[0]] += 5.0
+        x[is_a, A_ONLY[1]] += 4.0
+        x[:, ALL] += 3.0
+    return {
+        "method": method,
+        "seed": seed,
+        "x": x,
+        "layers": np.repeat(np.arange(L), H),
+        "heads": np.tile(np.arange(H), L),
+        "categories": list(CATS),
+    }
+
+
+def units(planted: bool) -> list[dict]:
+    return [
+        planted_unit(m, s, planted=planted) for m, s in [("per_layer", 1), ("per_layer", 2), ("joint", 3), ("joint", 4)]
+    ]
+
+
+def test_planted_heads_named_with_their_categories():
+    ans, _ = build_answer(units(planted=True), k=3, n_boot=400, seed=0)
+    named = {c["label"]: sorted(c["sources"]) for c in ans["consensus"]}
+    assert named == {"L0H0": ["A"], "L0H1": ["A"], "L1H1": ["A", "B", "C"]}
+    # best mean rank first: L1H1 (mean 3.0), L0H0 (5 x 6/18 = 1.67), L0H1 (4 x 6/18 = 1.33)
+    assert [c["label"] for c in ans["consensus"]] == ["L1H1", "L0H0", "L0H1"]
+    # A-only heads differ across categories (KW q < 0.05 in every unit), the all-category head does not
+    by_label = {c["label"]: c for c in ans["consensus"]}
+    assert by_label["L0H0"]["kw_significant"] == 4 and by_label["L0H1"]["kw_significant"] == 4
+    assert by_label["L1H1"]["kw_significant"] == 0
+    text = answer_text(ans)
+    assert "3 head(s)" in text["lead"] and "L0H0" in text["lead"] and "L1H1" in text["lead"]
+    assert "comes from A (interval" in text["heads"][[c["label"] for c in ans["consensus"]].index("L0H0")]
+
+
+def test_pure_noise_names_no_head_and_says_so():
+    ans, _ = build_answer(units(planted=False), k=3, n_boot=400, seed=0)
+    assert ans["consensus"] == []
+    assert ans["text"]["lead"].startswith("No head is in the top 3 of all 4 units")
+    assert "name no head" in ans["text"]["lead"]
+
+
+def test_planted_reproducible_k_and_noise_zero():
+    planted = build_answer(units(planted=True), k=3, n_boot=100, seed=0)[0]["reproducibility"]
+    assert [r["k_max"] for r in planted] == [3, 3]  # the three planted heads, then noise
+    noise = build_answer(units(planted=False), k=3, n_boot=100, seed=0)[0]["reproducibility"]
+    assert all(r["k_max"] <= 1 for r in noise)
+
+
+def test_stratified_counts_keep_category_sizes():
+    counts = stratified_counts(CATS, 50, seed=3)
+    cats = np.array(CATS)
+    for c in "ABC":
+        assert np.all(counts[:, cats == c].sum(axis=1) == 6)
+
+
+def test_bootstrap_heads_equal_a_direct_resampling():
+    """Importance interval, rank interval and selection equal a loop over the same stratified draws."""
+    x = planted_unit("m", 7)["x"]
+    got = bootstrap_heads(x, CATS, k=3, n_boot=300, seed=5)
+    counts = stratified_counts(CATS, 300, seed=5)
+    means = np.array([np.repeat(x, c.astype(int), axis=0).mean(axis=0) for c in counts])
+    rank = np.array([1 + (m[None, :] > m[:, None]).sum(axis=1) for m in means])
+    np.testing.assert_allclose(got["importance"], x.mean(axis=0))
+    np.testing.assert_allclose(got["lo"], np.percentile(means, 2.5, axis=0))
+    np.testing.assert_allclose(got["hi"], np.percentile(means, 97.5, axis=0))
+    np.testing.assert_array_equal(got["rank_hi"], np.percentile(rank, 97.5, axis=0, method="inverted_cdf"))
+    np.testing.assert_allclose(got["selection"], (rank <= 3).mean(axis=0))
+
+
+def test_category_normalised_importance_weighs_categories_equally():
+    """A category on a 100x loss scale dominates the mean but not the category-normalised importance."""
+    x = np.array([[100.0, 0.0], [100.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    cats = ["task", "task", "text", "text"]
+    np.testing.assert_allclose(importance_statistic(x, cats)[0], [50.0, 0.5])
+    # task: means (100, 0), scale 50 -> (2, 0); text: (0, 1), scale 0.5 -> (0, 2); mean -> (1, 1)
+    np.testing.assert_allclose(importance_statistic(x, cats, "category")[0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="report.rank_within"):
+        importance_statistic(x, cats, "layer")
+
+
+def test_overlap_null_quantile_exact():
+    assert overlap_null_quantile(48, 5) == hypergeom(48, 5, 5).ppf(0.95) / 5
+    # mean over 2 groups: the 95% quantile of the sum of two independent hypergeoms, by enumeration
+    pmf = hypergeom(4, 2, 2).pmf(np.arange(3))
+    total = np.zeros(5)
+    for i in range(3):
+        for j in range(3):
+            total[i + j] += pmf[i] * pmf[j]
+    expected = int(np.argmax(np.cumsum(total) >= 0.95)) / 4
+    assert overlap_null_quantile(4, 2, n_groups=2) == expected
+
+
+def _reference_k(a, b, level=0.95):
+    """Largest K with |top-K(a) ∩ top-K(b)| above hypergeom's level quantile at every testable K' <= K."""
+    m, best = len(a), 0
+    for k in range(1, m):
+        top_a, top_b = set(np.argsort(-a)[:k]), set(np.argsort(-b)[:k])
+        q = hypergeom(m, k, k).ppf(level)
+        if q >= k:
+            continue
+        if len(top_a & top_b) <= q:
+            break
+        best = k
+    return best
+
+
+def test_reproducible_k_stops_at_first_chance_level_k():
+    a = np.arange(40, 0, -1, dtype=float)  # head 0 best
+    b = a.copy()
+    b[3:] = b[3:][::-1]  # the top 3 agree, the rest in reverse order
+    out = reproducible_k(a, b)
+    table = out["table"].set_index("k")
+    assert table.loc[3, "shared"] == 3 and table.loc[8, "shared"] == 3
+    assert table.loc[8, "null_quantile"] == hypergeom(40, 8, 8).ppf(0.95)
+    assert out["k_max"] == _reference_k(a, b)
+    assert 3 <= out["k_max"] < 10
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.normal(size=30), rng.normal(size=30)
+        b[:5] += 3 * rng.random()
+        a[:5] += 3 * rng.random()
+        assert reproducible_k(a, b)["k_max"] == _reference_k(a, b)
+
+
+def test_gap_marks_per_layer_path_marks_its_layer_joint_marks_all():
+    unit = planted_unit("per_layer", 1)
+    rel = np.zeros((len(CATS), 1, L))
+    rel[0, 0, 1] = 0.5  # sample 0 (A), path L1
+    unit |= {"rel_gap": rel, "path_names": ["L0", "L1", "L2"]}
+    marks = gap_marks(unit, 0.01)
+    assert marks["head"].tolist() == [4, 5, 6, 7]
+    assert marks["categories"].tolist() == [["A"]] * 4
+    joint = planted_unit("joint", 1)
+    rel = np.zeros((len(CATS), 1, 1))
+    rel[7, 0, 0] = 0.02  # sample 7 (B)
+    joint |= {"rel_gap": rel, "path_names": ["all"]}
+    assert gap_marks(joint, 0.01)["head"].tolist() == list(range(L * H))
+    assert gap_marks(joint, 0.03).empty
+
+
+def test_caveat_and_marked_consensus_head_in_text():
+    us = units(planted=True)
+    rel = np.zeros((len(CATS), 1, L))
+    rel[2, 0, 1] = 0.2  # per_layer seed 1, sample 2 (A), layer 1: touches L1H1
+    us[0] |= {"rel_gap": rel, "path_names": ["L0", "L1", "L2"]}
+    ans, _ = build_answer(us, k=3, n_boot=100, seed=0, threshold=0.01)
+    by_label = {c["label"]: c for c in ans["consensus"]}
+    assert by_label["L1H1"]["gap_marked"] and not by_label["L0H0"]["gap_marked"]
+    assert ans["caveats"] == [
+        {
+            "method": "per_layer",
+            "seed": 1,
+            "n_over": 1,
+            "n_rows": rel.size,
+            "heads": ["L1H0", "L1H1", "L1H2", "L1H3"],
+            "categories": ["A"],
+        }
+    ]
+    assert "1 of 54 (sample, p, path) gaps above 0.01" in ans["text"]["caveats"][0]
+
+
+def test_pruning_verdict_with_and_without_interval():
+    summary = pd.DataFrame(
+        {
+            "method": ["per_layer", "random"],
+            "order": ["most_first", "most_first"],
+            "mode": ["static", "static"],
+            "aopc": [0.5, 0.2],
+            "aopc_vs_random": [0.3, 0.0],
+        }
+    )
+    ans, _ = build_answer(units(planted=True), k=3, n_boot=50, validation={47: summary})
+    assert ans["pruning"] == [
+        {
+            "seed": 47,
+            "method": "per_layer",
+            "mode": "static",
+            "aopc": 0.5,
+            "aopc_vs_random": 0.3,
+            "lo": None,
+            "hi": None,
+        }
+    ]
+    assert "no interval yet" in ans["text"]["pruning"][0]
+    with_ci = summary.assign(aopc_vs_random_lo=[0.1, 0.0], aopc_vs_random_hi=[0.4, 0.0])
+    ans, _ = build_answer(units(planted=True), k=3, n_boot=50, validation={47: with_ci})
+    assert ans["text"]["pruning"][0].endswith("0.300 [0.100, 0.400]: beats random pruning.")
