@@ -155,3 +155,16 @@ def reproducible_k(a, b, level: float = 0.95) -> dict:
         k_max = k if above and testable else k_max
         rows.append({"k": k, "shared": shared, "null_quantile": quantile, "above": shared > quantile})
     return {"k_max": k_max, "n_heads": m, "level": level, "table": pd.DataFrame(rows)}
+
+
+def topk_null_band(topk: pd.DataFrame, n_heads: int, n_layers: int, level: float = 0.95) -> pd.DataFrame:
+    """The seed top-K table (scope per_layer / global, k) with null_lo / null_hi: the central ``level`` range of
+    the random overlap (exact: per layer the mean of n_layers hypergeoms over n_heads, global one over all)."""
+    tail = (1 - level) / 2
+    lo, hi = [], []
+    scopes = topk["scope"] if "scope" in topk else ["per_layer"] * len(topk)
+    for scope, k in zip(scopes, topk["k"], strict=True):
+        n, groups = (n_heads, n_layers) if scope == "per_layer" else (n_heads * n_layers, 1)
+        lo.append(overlap_null_quantile(n, int(k), tail, groups))
+        hi.append(overlap_null_quantile(n, int(k), 1 - tail, groups))
+    return topk.assign(null_lo=lo, null_hi=hi)
