@@ -214,3 +214,93 @@ def test_pruning_verdict_with_and_without_interval():
     with_ci = summary.assign(aopc_vs_random_lo=[0.1, 0.0], aopc_vs_random_hi=[0.4, 0.0])
     ans, _ = build_answer(units(planted=True), k=3, n_boot=50, validation={47: with_ci})
     assert ans["text"]["pruning"][0].endswith("0.300 [0.100, 0.400]: beats random pruning.")
+
+
+def test_heads_for_text_and_tasks_shown_when_scales_differ():
+    """Task items on a 10x loss scale with their own top heads: the view lists each group's heads apart."""
+    from headattr.report.groups import category_groups, group_view
+
+    us = []
+    for seed in (1, 2):
+        u = planted_unit("per_layer", seed, planted=False)
+        cats = ["add"] * 6 + ["chat"] * 6 + ["code"] * 6
+        u["categories"] = cats
+        u["x"][:6, 0] += 10.0  # add: L0H0
+        u["x"][6:, 7] += 1.0  # text: L1H3
+        us.append(u)
+    groups = category_groups(us[0]["categories"])
+    assert groups == {"tasks": ["add"], "text": ["chat", "code"]}
+    view = group_view(us, groups, k=2)
+    assert view["shown"] and view["scale_ratio"] >= 3
+    assert view["groups"]["tasks"]["top"][0] == "L0H0" and view["groups"]["text"]["top"][0] == "L1H3"
+    expected = np.mean([np.abs(u["x"][:6]).mean() for u in us]) / np.mean([np.abs(u["x"][6:]).mean() for u in us])
+    assert view["scale_ratio"] == pytest.approx(expected)
+    # the same structure in both groups on one scale: not shown
+    same = [planted_unit("per_layer", s, planted=False) for s in (1, 2)]
+    for u in same:
+        u["categories"] = ["add"] * 9 + ["chat"] * 9
+        u["x"] += np.linspace(0, 3, L * H)
+    flat = group_view(same, category_groups(same[0]["categories"]), k=2)
+    assert not flat["shown"]
+    assert category_groups(["chat", "code"]) == {}
+    assert category_groups(["x", "y"], {"g1": ["x"], "g2": ["y", "absent"]}) == {"g1": ["x"], "g2": ["y"]}
+
+
+def _write_dump(path, unit: dict, gap_rows=()) -> str:
+    """A dump whose per-sample IG is -x (importance x) at two mask probabilities, per-layer paths."""
+    from headattr.pipeline.dumps import save_npz
+
+    n = len(unit["categories"])
+    ig = -np.repeat(unit["x"].reshape(n, 1, L, H), 2, axis=1)
+    ig_sum = ig.sum(-1)
+    loss_full = np.full((n, 2), 5.0)
+    loss_base = loss_full[:, :, None] - ig_sum
+    gap = np.zeros_like(ig_sum)
+    for i, q in gap_rows:
+        gap[i, 0, q] = 0.5 * abs(ig_sum[i, 0, q]) + 0.5
+    arrays = {
+        "ig": ig.astype(np.float32),
+        "ig_sum": ig_sum,
+        "loss_full": loss_full,
+        "loss_base": loss_base - gap,
+        "gap": gap,
+        "sample_ids": np.array([f"s{i}" for i in range(n)]),
+        "categories": np.array(unit["categories"]),
+        "mask_probs": np.array([0.3, 0.7]),
+        "path_names": np.array([f"L{i}" for i in range(L)]),
+    }
+    save_npz(path, arrays, {"settings": {"options": {}}})
+    return str(path)
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_first_section_from_dumps(tmp_path, planted):
+    """Dumps -> report.answer.answer_section -> report/answer.md.j2: the planted heads named with their
+    categories (and the gap-flagged one marked), pure noise: none named, said so."""
+    from headattr.report.answer import answer_section
+    from headattr.report.document import TEMPLATE, _md_table, render
+
+    us = units(planted)
+    dumps = [_write_dump(tmp_path / f"d{i}.npz", u, [(0, 0)] if i == 0 else ()) for i, u in enumerate(us)]
+    meta = [{"method": u["method"], "seed": u["seed"]} for u in us]
+    config = {"report": {"top_k": 3, "gap_threshold": 0.01}, "diagnostics": {"n_boot": 200}}
+    ans, ctx, marks = answer_section(meta, dumps, config, {}, _md_table)
+    text = render({"answer": ctx}, TEMPLATE.parent / "answer.md.j2")
+    assert text.startswith("## Which heads matter")
+    assert marks[0] == [(0, h) for h in range(H)] and marks[1] == []  # sample 0's layer-0 path of unit 0
+    if planted:
+        assert {c["label"]: sorted(c["sources"]) for c in ans["consensus"]} == {
+            "L0H0": ["A"],
+            "L0H1": ["A"],
+            "L1H1": ["A", "B", "C"],
+        }
+        assert "- **L0H0**:" in text and "its importance comes from A (interval above 0" in text
+        sentence = {c["label"]: text.split(f"**{c['label']}**")[1].split("\n- **")[0] for c in ans["consensus"]}
+        all_three = ", ".join(next(c["sources"] for c in ans["consensus"] if c["label"] == "L1H1"))
+        assert sorted(all_three.split(", ")) == ["A", "B", "C"] and f"comes from {all_three} (" in sentence["L1H1"]
+        assert "rests on paths above the gap threshold" in sentence["L0H0"]
+        assert "rests on paths" not in sentence["L1H1"]
+        assert "1 of 108 (sample, p, path) gaps above 0.01, touching 4 head(s) (L0H0, L0H1, L0H2, L0H3) on A" in text
+    else:
+        assert ans["consensus"] == []
+        assert "these numbers name no head that matters" in text

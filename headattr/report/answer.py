@@ -342,3 +342,78 @@ def _seed_frequency(units: list[dict], results: list[dict], h: int, k: int) -> d
     for u, r in zip(units, results, strict=True):
         freq.setdefault(u["method"], []).append(int(r["heads"]["rank"].iloc[h]) <= k)
     return {m: float(np.mean(v)) for m, v in freq.items()}
+
+
+def _json_safe(value):
+    """numpy scalars and tuples as plain JSON values (summary.json)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, pd.DataFrame):
+        return _json_safe(value.to_dict("records"))
+    return value
+
+
+def consensus_table(ans: dict) -> pd.DataFrame:
+    """One row per (consensus head, unit): importance and rank with their intervals, selection, KW q, gap paths."""
+    rows = []
+    for c in ans["consensus"]:
+        for u in c["units"]:
+            rows.append(
+                {
+                    "head": c["label"],
+                    "method": u["method"],
+                    "seed": u["seed"],
+                    "importance [95% CI]": f"{_fmt(u['importance'])} [{_fmt(u['lo'])}, {_fmt(u['hi'])}]",
+                    "rank [95% CI]": f"{u['rank']} [{u['rank_lo']}, {u['rank_hi']}]",
+                    f"in top {ans['k']} (draws)": f"{100 * u['selection']:.0f}%",
+                    "KW q": "n/a" if not np.isfinite(u["q_value"]) else f"{u['q_value']:.3g}",
+                    "paths > gap threshold": u["gap_paths"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def answer_section(units: list[dict], dumps, config: dict, validation: dict, md_table) -> tuple[dict, dict, list]:
+    """(summary.json's answer, the template's context, per unit the (layer, head) of its gap-flagged heads)
+    from the report's units, their dumps and config (report.*, diagnostics.n_boot / seed, ig.gap_floor)."""
+    from .groups import category_groups, group_view
+
+    report_cfg, diag_cfg = config.get("report", {}), config.get("diagnostics", {})
+    if any(d is None for d in dumps) or not units:
+        text = "No per-sample dumps reached the report: no answer."
+        return {"skipped": text}, {"skipped": text}, [[] for _ in units]
+    threshold = report_cfg.get("gap_threshold", 0.01)
+    rank_within = report_cfg.get("rank_within")
+    k = report_cfg.get("top_k", 10)
+    postprocess = report_cfg.get("postprocess", "signed")
+    inputs = [
+        unit_inputs(u, d, postprocess, config.get("ig", {}).get("gap_floor", 0.01))
+        for u, d in zip(units, dumps, strict=True)
+    ]
+    ans, results = build_answer(
+        inputs, k, diag_cfg.get("n_boot", 200), diag_cfg.get("seed", 0), rank_within, threshold, validation
+    )
+    groups = category_groups(inputs[0]["categories"], report_cfg.get("category_groups"))
+    view = group_view(inputs, groups, k, rank_within)
+    ans["groups"] = {key: v for key, v in view.items() if key != "table"}
+    marks = [
+        [(int(u["layers"][h]), int(u["heads"][h])) for h in r["marks"]["head"]]
+        for u, r in zip(inputs, results, strict=True)
+    ]
+    table = consensus_table(ans)
+    context = {
+        "skipped": None,
+        **ans["text"],
+        "k": k,
+        "n_units": len(units),
+        "n_boot": ans["n_boot"],
+        "rank_within": rank_within,
+        "mask_samples": sorted({u["mask_samples"] for u in ans["units"]}),
+        "table": md_table(table) if len(table) else "",
+        "groups": {**ans["groups"], "table": md_table(view["table"]) if "table" in view else ""},
+    }
+    return _json_safe(ans), context, marks
