@@ -1,6 +1,8 @@
 """The report's first section "Which heads matter" (headattr.report.answer, headattr.stats.consensus): planted
 structure found with the right categories, pure noise names none, and the statistics equal their formulas."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -304,3 +306,41 @@ def test_first_section_from_dumps(tmp_path, planted):
     else:
         assert ans["consensus"] == []
         assert "these numbers name no head that matters" in text
+
+
+def test_report_key_keeps_old_keys_until_rank_within_or_groups_are_set(tmp_path):
+    """The schema fills rank_within / category_groups with null: the key is the one without them; set, it moves."""
+    import yaml
+    from helpers import write_tiny_project
+
+    from headattr.pipeline.checks import validate_config
+    from headattr.report.keys import report_key
+
+    path = Path(write_tiny_project(tmp_path, methods=("per_layer",), seeds=(1,), n_samples=2))
+    config = validate_config(yaml.safe_load(path.read_text()), path.parent)
+    assert config["report"]["rank_within"] is None and config["report"]["category_groups"] is None
+    base = report_key(config)
+    old = {k: v for k, v in config["report"].items() if k not in ("rank_within", "category_groups")}
+    assert report_key(config | {"report": old}) == base
+    keys = {
+        report_key(config | {"report": config["report"] | change})
+        for change in [
+            {"rank_within": "category"},
+            {"category_groups": {"a": ["x"], "b": ["y"]}},
+        ]
+    }
+    assert len(keys | {base}) == 3
+
+
+def test_bad_rank_within_fails_naming_the_key(tmp_path):
+    import yaml
+    from helpers import write_tiny_project
+
+    from headattr.errors import ConfigError
+    from headattr.pipeline.checks import validate_config
+
+    path = Path(write_tiny_project(tmp_path, methods=("per_layer",), seeds=(1,), n_samples=2))
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("report", {})["rank_within"] = "layer"
+    with pytest.raises(ConfigError, match="config key 'report.rank_within': 'layer' is not one of"):
+        validate_config(raw, path.parent)
