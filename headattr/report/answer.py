@@ -29,6 +29,8 @@ from ..stats.categories import category_differences
 from ..stats.consensus import bootstrap_heads, category_intervals, reproducible_k
 from ..stats.similarity import spearman
 
+# methods whose scores obey no sum rule: their "gap" columns are not completeness gaps (reported as null)
+NO_COMPLETENESS = ("first_order", "leave_one_out")
 LEVEL = 0.95
 Q_SIGNIFICANT = 0.05
 _LAYER_PATH = re.compile(r"^L(\d+)")
@@ -50,7 +52,7 @@ def unit_inputs(unit: dict, dump_path, postprocess: str = "signed", floor: float
         "categories": [str(c) for c in arrays["categories"]],
         "mask_samples": read_meta(arrays).get("settings", {}).get("mask_samples", 1),
     }
-    if "gap" in arrays:
+    if "gap" in arrays and unit["method"] not in NO_COMPLETENESS:
         gap = np.asarray(arrays["gap"], dtype=float)
         delta = arrays["loss_full"][:, :, None] - arrays["loss_base"]
         names = [str(p) for p in arrays["path_names"]] if "path_names" in arrays else ["all"] * gap.shape[2]

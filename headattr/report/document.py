@@ -16,7 +16,7 @@ from ..pipeline.dumps import atomic_write, load_npz, read_meta
 from ..pipeline.workflow import write_json
 from ..stats.consensus import topk_null_band
 from ..stats.kruskal import CHI2_MIN_GROUP, N_RESAMPLES
-from .answer import answer_section
+from .answer import NO_COMPLETENESS, answer_section
 from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
@@ -42,8 +42,6 @@ def _wall_time(benchmark_tsvs) -> float | None:
         return None
 
 
-# methods whose scores obey no sum rule: their "gap" columns are not completeness gaps (reported as null)
-NO_COMPLETENESS = ("first_order", "leave_one_out")
 GAP_KEYS = ("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median", "n_over_threshold", "n_rows")
 
 
