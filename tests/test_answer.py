@@ -344,3 +344,39 @@ def test_bad_rank_within_fails_naming_the_key(tmp_path):
     raw.setdefault("report", {})["rank_within"] = "layer"
     with pytest.raises(ConfigError, match="config key 'report.rank_within': 'layer' is not one of"):
         validate_config(raw, path.parent)
+
+
+def test_report_marks_gap_flagged_heads_in_its_tables(tmp_path):
+    """A unit whose per-layer paths miss completeness: its heads carry 'yes' in the top-K table, the summary's
+    top heads say gap_marked, and the first section lists the caveat; the converged unit has no mark."""
+    from types import SimpleNamespace
+
+    from test_report import synthetic_dump, write_unit
+
+    from headattr.report.document import build_report
+
+    arrays = {
+        1: write_unit(tmp_path, "u1", synthetic_dump(1, gap_scale=0.5)),
+        2: write_unit(tmp_path, "u2", synthetic_dump(2)),
+    }
+    units_ = [{"seed": s, "method": "per_layer", "key": f"u{s}"} for s in (1, 2)]
+    inputs = SimpleNamespace(
+        heads=[tmp_path / f"ig/u{s}/heads.csv" for s in (1, 2)],
+        completeness=[tmp_path / f"ig/u{s}/completeness.csv" for s in (1, 2)],
+        dumps=[tmp_path / f"ig/u{s}/dump.npz" for s in (1, 2)],
+        unit_diag=[tmp_path / f"diag/u{s}" for s in (1, 2)],
+    )
+    config = {"run": "t", "ig": {"steps": 8, "rule": "riemann_right", "tol": None}, "report": {"gap_threshold": 0.01}}
+    summary = build_report(units_, inputs, config, tmp_path / "r.md", tmp_path / "s.json", tmp_path / "fig")
+    report = (tmp_path / "r.md").read_text()
+    assert report.index("## Which heads matter") < report.index("## Data")
+    first, second = report.split("### per_layer, seed 1")[1].split("### per_layer, seed 2")
+    assert "| label | importance | gap > 0.01 |" in first
+    assert first.split("Top 10 heads:")[1].count("| yes |") == 10  # gap_scale 0.5: every layer's paths miss
+    assert "| yes |" not in second.split("Top 10 heads:")[1].split("##")[0]
+    assert all(h["gap_marked"] for h in summary["units"][0]["top_heads"])
+    assert not any(h["gap_marked"] for h in summary["units"][1]["top_heads"])
+    caveat = summary["answer"]["caveats"]
+    assert [(c["method"], c["seed"]) for c in caveat] == [("per_layer", 1)]
+    assert len(caveat[0]["heads"]) == arrays[1]["ig"].shape[2] * arrays[1]["ig"].shape[3]
+    assert summary["answer"]["text"]["caveats"][0] in report

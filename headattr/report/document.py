@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from ..methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
-from ..pipeline.aggregate import importance_label, score_matrix
+from ..pipeline.aggregate import head_label, importance_label, score_matrix
 from ..pipeline.attribute import STP_DEFAULTS
 from ..pipeline.dumps import atomic_write, load_npz, read_meta
 from ..pipeline.workflow import write_json
@@ -277,6 +277,10 @@ def unit_context(
     if "category_differences" in diag:
         diff = diag["category_differences"].head(10)
         cols = ["label"] + [c for c in diff.columns if c.startswith("mean_")] + ["H", "p_value", "q_value"]
+        if marked:
+            flagged = {head_label(a, b) for a, b in marked}
+            diff = diff.assign(**{"gap flagged": ["yes" if lab in flagged else "" for lab in diff["label"]]})
+            cols.append("gap flagged")
         out["categories"]["table"] = _md_table(diff[cols], ".4g")
     if left_out:
         listed = ", ".join(f"{c} ({n} sample{'s' * (n != 1)})" for c, n in left_out.items())
