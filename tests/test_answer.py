@@ -48,11 +48,12 @@ def units(planted: bool) -> list[dict]:
     ]
 
 
-def test_planted_heads_named_with_their_categories():
-    ans, _ = build_answer(units(planted=True), k=3, n_boot=400, seed=0)
+@pytest.mark.parametrize("rank_within", [None, "category"])
+def test_planted_heads_named_with_their_categories(rank_within):
+    ans, _ = build_answer(units(planted=True), k=3, n_boot=400, seed=0, rank_within=rank_within)
     named = {c["label"]: sorted(c["sources"]) for c in ans["consensus"]}
     assert named == {"L0H0": ["A"], "L0H1": ["A"], "L1H1": ["A", "B", "C"]}
-    # best mean rank first: L1H1 (mean 3.0), L0H0 (5 x 6/18 = 1.67), L0H1 (4 x 6/18 = 1.33)
+    # best mean rank first: L1H1 (mean 3.0), L0H0 (5 x 6/18 = 1.67), L0H1 (4 x 6/18 = 1.33); normalised the same
     assert [c["label"] for c in ans["consensus"]] == ["L1H1", "L0H0", "L0H1"]
     # A-only heads differ across categories (KW q < 0.05 in every unit), the all-category head does not
     by_label = {c["label"]: c for c in ans["consensus"]}
@@ -145,6 +146,8 @@ def test_reproducible_k_stops_at_first_chance_level_k():
     assert table.loc[8, "null_quantile"] == hypergeom(40, 8, 8).ppf(0.95)
     assert out["k_max"] == _reference_k(a, b)
     assert 3 <= out["k_max"] < 10
+    miss = out["first_miss"]
+    assert miss["k"] == out["k_max"] + 1 and miss["shared"] == table.loc[miss["k"], "shared"] <= miss["null_quantile"]
     rng = np.random.default_rng(1)
     for _ in range(20):
         a, b = rng.normal(size=30), rng.normal(size=30)

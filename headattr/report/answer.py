@@ -33,6 +33,11 @@ from ..stats.similarity import spearman
 NO_COMPLETENESS = ("first_order", "leave_one_out")
 LEVEL = 0.95
 Q_SIGNIFICANT = 0.05
+IMPORTANCE_RULES = {
+    None: "the mean over samples (`report.rank_within: null`)",
+    "category": "each category's mean divided by its mean |importance| over heads, averaged over categories with "
+    "equal weight (`report.rank_within: category`)",
+}
 _LAYER_PATH = re.compile(r"^L(\d+)")
 
 
@@ -161,6 +166,7 @@ def reproducibility(units: list[dict], results: list[dict]) -> list[dict]:
                         "seed_b": sb,
                         "k_max": rk["k_max"],
                         "n_heads": rk["n_heads"],
+                        "first_miss": rk["first_miss"],
                         "spearman": spearman(a, b),
                     }
                 )
@@ -254,16 +260,26 @@ def answer_text(ans: dict) -> dict:
         )
     repro = []
     for r in ans["reproducibility"]:
+        miss = r["first_miss"]
+        at = (
+            f" (at K = {miss['k']} the seeds share {miss['shared']} heads; the null's 95% quantile is "
+            f"{miss['null_quantile']})"
+            if miss
+            else ""
+        )
         if r["k_max"]:
             repro.append(
                 f"{r['method']}: its top-K overlap between seeds {r['seed_a']} and {r['seed_b']} stays above the "
                 f"random ranking's 95% quantile up to K = {r['k_max']} of {r['n_heads']} heads (Spearman over all "
-                f"heads {r['spearman']:.2f}); below that its ranking is not reproducible."
+                f"heads {r['spearman']:.2f}); beyond its top {r['k_max']} its ranking is not reproducible{at}."
+                if miss
+                else f"{r['method']}: its top-K overlap between seeds {r['seed_a']} and {r['seed_b']} stays above "
+                f"the random ranking's 95% quantile at every K (Spearman over all heads {r['spearman']:.2f})."
             )
         else:
             repro.append(
-                f"{r['method']}: seeds {r['seed_a']} and {r['seed_b']} do not even agree on the top head beyond "
-                f"chance (Spearman over all heads {r['spearman']:.2f}): its ranking is not reproducible."
+                f"{r['method']}: seeds {r['seed_a']} and {r['seed_b']} do not agree on their top heads beyond "
+                f"chance{at}; Spearman over all heads {r['spearman']:.2f}: its ranking is not reproducible."
             )
     prune = []
     for p in ans["pruning"]:
@@ -414,6 +430,7 @@ def answer_section(units: list[dict], dumps, config: dict, validation: dict, md_
         "n_units": len(units),
         "n_boot": ans["n_boot"],
         "rank_within": rank_within,
+        "importance_rule": IMPORTANCE_RULES[rank_within],
         "mask_samples": sorted({u["mask_samples"] for u in ans["units"]}),
         "table": md_table(table) if len(table) else "",
         "groups": {**ans["groups"], "table": md_table(view["table"]) if "table" in view else ""},

@@ -141,20 +141,22 @@ def reproducible_k(a, b, level: float = 0.95) -> dict:
     (hypergeom(M, K, K), random rankings). ``k_max``: the largest K whose overlap is above the quantile with the
     overlap above it at every K' <= K (0: not even the top head agrees beyond chance). A K whose quantile is K
     itself (M < 20 at K = 1: even equal top-K sets are not beyond chance) can neither pass nor break the run.
-    ``table``: K, shared, null_quantile, above.
+    ``first_miss``: K, shared and null_quantile where the run breaks (None: never); ``table``: every K.
     """
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     m = a.size
     order_a, order_b = np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable")
-    rows, k_max, above = [], 0, True
+    rows, k_max, above, first_miss = [], 0, True, None
     for k in range(1, m):
         shared = len(set(order_a[:k]) & set(order_b[:k]))
         quantile = int(hypergeom(m, k, k).ppf(level))
         testable = quantile < k
+        if above and testable and shared <= quantile:
+            first_miss = {"k": k, "shared": shared, "null_quantile": quantile}
         above = above and (shared > quantile or not testable)
         k_max = k if above and testable else k_max
         rows.append({"k": k, "shared": shared, "null_quantile": quantile, "above": shared > quantile})
-    return {"k_max": k_max, "n_heads": m, "level": level, "table": pd.DataFrame(rows)}
+    return {"k_max": k_max, "n_heads": m, "level": level, "first_miss": first_miss, "table": pd.DataFrame(rows)}
 
 
 def topk_null_band(topk: pd.DataFrame, n_heads: int, n_layers: int, level: float = 0.95) -> pd.DataFrame:
