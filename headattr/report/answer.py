@@ -262,7 +262,7 @@ def answer_text(ans: dict) -> dict:
     for r in ans["reproducibility"]:
         miss = r["first_miss"]
         at = (
-            f" (at K = {miss['k']} the seeds share {miss['shared']} heads; the null's 95% quantile is "
+            f" (at K = {miss['k']} the seeds share {miss['shared']} of {miss['k']} heads; the null's 95% quantile is "
             f"{miss['null_quantile']})"
             if miss
             else ""
@@ -271,7 +271,8 @@ def answer_text(ans: dict) -> dict:
             repro.append(
                 f"{r['method']}: its top-K overlap between seeds {r['seed_a']} and {r['seed_b']} stays above the "
                 f"random ranking's 95% quantile up to K = {r['k_max']} of {r['n_heads']} heads (Spearman over all "
-                f"heads {r['spearman']:.2f}); beyond its top {r['k_max']} its ranking is not reproducible{at}."
+                f"heads {r['spearman']:.2f}); beyond its top {r['k_max']} the seeds' top-K sets are not shown to agree "
+                f"beyond chance{at}."
                 if miss
                 else f"{r['method']}: its top-K overlap between seeds {r['seed_a']} and {r['seed_b']} stays above "
                 f"the random ranking's 95% quantile at every K (Spearman over all heads {r['spearman']:.2f})."
