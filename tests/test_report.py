@@ -203,13 +203,21 @@ def built(tmp_path_factory):
     return root, (root / "report.md").read_text(), summary, a
 
 
+def _template_lines(path: Path) -> list[str]:
+    """The template's lines with every ``{% include "x" %}`` line replaced by x's lines (files beside it)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        included = re.match(r'^\{% include "([^"]+)" %\}$', line.strip())
+        lines += _template_lines(path.parent / included.group(1)) if included else [line]
+    return lines
+
+
 def test_headings_are_the_templates_once_each_in_order(built):
     """The report's shape is the template's: every heading once per block (Pruning validation was doubled)."""
     _, report, _, _ = built
     assert report.count("## Pruning validation") == 1
-    template_heads = [
-        line.split("{{")[0].strip() for line in TEMPLATE.read_text().splitlines() if re.match(r"^#{2} \w", line)
-    ]
+    template_heads = [line.split("{{")[0].strip() for line in _template_lines(TEMPLATE) if re.match(r"^#{2} \w", line)]
+    assert template_heads[:2] == ["## Which heads matter", "## Data"]  # the answer first
     report_heads = [line for line in report.splitlines() if re.match(r"^#{2} \w", line)]
     assert report_heads == template_heads
     json.loads((built[0] / "summary.json").read_text())

@@ -10,11 +10,13 @@ import pandas as pd
 import yaml
 
 from ..methods.adaptive import DEFAULT_GAP_FLOOR, relative_gap
-from ..pipeline.aggregate import importance_label, score_matrix
+from ..pipeline.aggregate import head_label, importance_label, score_matrix
 from ..pipeline.attribute import STP_DEFAULTS
 from ..pipeline.dumps import atomic_write, load_npz, read_meta
 from ..pipeline.workflow import write_json
+from ..stats.consensus import topk_null_band
 from ..stats.kruskal import CHI2_MIN_GROUP, N_RESAMPLES
+from .answer import NO_COMPLETENESS, answer_section
 from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
@@ -40,8 +42,6 @@ def _wall_time(benchmark_tsvs) -> float | None:
         return None
 
 
-# methods whose scores obey no sum rule: their "gap" columns are not completeness gaps (reported as null)
-NO_COMPLETENESS = ("first_order", "leave_one_out")
 GAP_KEYS = ("gap_abs_max", "gap_abs_median", "gap_rel_max", "gap_rel_median", "n_over_threshold", "n_rows")
 
 
@@ -214,8 +214,10 @@ def _pct(x) -> str:
     return f"{100 * x:.1f}%"
 
 
-def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: str = "importance (-IG)") -> dict:
-    """Report 1's tables and figures for one (method, seed)."""
+def unit_context(
+    unit: dict, diag: dict, figures_dir: Path, thresholds, label: str = "importance (-IG)", marked=None
+) -> dict:
+    """Report 1's tables and figures for one (method, seed); ``marked``: (layer, head) of gap-flagged heads."""
     method, seed = unit["method"], unit["seed"]
     tag = f"{method}_seed{seed}"
     sc = diag["sample_count"]
@@ -261,7 +263,12 @@ def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: s
     }
     cat = f"categories_{tag}.png"
     category_heatmaps(
-        diag["category_means"], f"importance by category, {method} seed {seed}", figures_dir / cat, counts, label
+        diag["category_means"],
+        f"importance by category, {method} seed {seed}",
+        figures_dir / cat,
+        counts,
+        label,
+        marked,
     )
     note = diag.get("category_differences_note", {})
     left_out = note.get("left_out", {})
@@ -270,6 +277,10 @@ def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: s
     if "category_differences" in diag:
         diff = diag["category_differences"].head(10)
         cols = ["label"] + [c for c in diff.columns if c.startswith("mean_")] + ["H", "p_value", "q_value"]
+        if marked:
+            flagged = {head_label(a, b) for a, b in marked}
+            diff = diff.assign(**{"gap flagged": ["yes" if lab in flagged else "" for lab in diff["label"]]})
+            cols.append("gap flagged")
         out["categories"]["table"] = _md_table(diff[cols], ".4g")
     if left_out:
         listed = ", ".join(f"{c} ({n} sample{'s' * (n != 1)})" for c, n in left_out.items())
@@ -321,6 +332,11 @@ def seed_context(meta: dict, diag: dict, figures_dir: Path, label: str = "import
         }
     )
     ks = diag.get("topk_ks", {})
+    n_heads = ks.get("n_heads", int(diag["scores"]["head"].max()) + 1)
+    topk = topk_null_band(topk, n_heads, len(diag["scores"]) // n_heads)
+    tk.insert(
+        4, "random 95% range", [f"{_pct(a)}-{_pct(b)}" for a, b in zip(topk["null_lo"], topk["null_hi"], strict=True)]
+    )
     best_worst = pd.DataFrame(
         [{"rank": f"best {i + 1}", **r} for i, r in enumerate(s["best_layers"])]
         + [{"rank": f"worst {i + 1}", **r} for i, r in enumerate(s["worst_layers"])]
@@ -338,7 +354,7 @@ def seed_context(meta: dict, diag: dict, figures_dir: Path, label: str = "import
         "bootstrap": _md_table(diag["bootstrap"], ".4f") if "bootstrap" in diag else None,
         "topk": _md_table(tk, ".3g"),
         "topk_notes": _topk_notes(ks),
-        "n_heads": ks.get("n_heads", int(diag["scores"]["head"].max()) + 1),
+        "n_heads": n_heads,
         "n_all": ks.get("n_all", len(diag["scores"])),
         "distribution": _md_table(diag["distribution"].copy(), ".6f"),
         "best_worst": _md_table(best_worst, ".4f"),
@@ -443,20 +459,30 @@ def build_report(
     summaries, unit_ctx, unit_diags = [], [], []
     unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
     dumps = list(getattr(inputs, "dumps", [None] * len(units)))
-    for unit, heads_csv, comp_csv, diag_dir, dump in zip(
-        units, inputs.heads, inputs.completeness, unit_dirs, dumps, strict=True
+    validation = {
+        seed: pd.read_csv(csv)
+        for seed, csv in zip(validation_seeds, getattr(inputs, "validation_summary", []), strict=True)
+    }
+    answer, answer_ctx, marks = answer_section(units, dumps, config, validation, _md_table)
+    gap_col = f"gap > {threshold}"
+    for unit, heads_csv, comp_csv, diag_dir, dump, marked in zip(
+        units, inputs.heads, inputs.completeness, unit_dirs, dumps, marks, strict=True
     ):
         digest = unit_summary(unit, heads_csv, comp_csv, top_k, dump, floor, threshold)
         name = f"heatmap_{unit['method']}_seed{unit['seed']}.png"
         matrix = score_matrix(pd.read_csv(heads_csv), "importance")
-        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / name, label)
-        top = _md_table(pd.DataFrame(digest["top_heads"])[["label", "importance"]])
+        head_heatmap(matrix, f"{unit['method']} IG, seed {unit['seed']}", figures_dir / name, label, marked)
+        top = pd.DataFrame(digest["top_heads"])[["label", "layer", "head", "importance"]]
+        top[gap_col] = ["yes" if (a, b) in set(marked) else "" for a, b in zip(top["layer"], top["head"], strict=True)]
+        for head in digest["top_heads"]:
+            head["gap_marked"] = (head["layer"], head["head"]) in set(marked)
+        top = _md_table(top[["label", "importance", gap_col]])
         unit_ctx.append({"method": unit["method"], "seed": unit["seed"], "heatmap": name, "top": top})
         if diag_dir is not None:
             diag = read_tables(diag_dir)
             digest["diagnostics"] = diag["headline"]
             digest["category_test"] = diag.get("category_differences_note", {})
-            unit_diags.append(unit_context(unit, diag, figures_dir, thresholds, label))
+            unit_diags.append(unit_context(unit, diag, figures_dir, thresholds, label, marked))
         summaries.append(digest)
     seed_ctx, seed_heads = [], []
     for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
@@ -535,6 +561,7 @@ def build_report(
     steps_note = steps_ran(summaries)
     summary = {
         "run": config["run"],
+        "answer": answer,
         "data": data_table.to_dict("records"),
         "data_notes": data_notes,
         "completeness_flags": [{k: f[k] for k in ("method", "seed", "n_over", "n_rows")} for f in flags],
@@ -550,6 +577,7 @@ def build_report(
     }
     context = {
         "run": config["run"],
+        "answer": answer_ctx,
         "postprocess": config.get("report", {}).get("postprocess", "signed"),
         "importance_label": label,
         "data_table": _md_table(data_table) if len(data_table) else "(no tokens artifacts given)",

@@ -21,6 +21,14 @@ def _tasks_if_set(config: dict) -> dict:
     return {"tasks": {"points": points, "tolerance": config["validation"]["tasks"]["tolerance"]}}
 
 
+# report keys added later: left out of the key while null, so configs that do not set them keep their keys
+NULL_DEFAULTS = ("rank_within", "category_groups")
+
+
+def _report_settings(config: dict) -> dict:
+    return {k: v for k, v in config["report"].items() if not (k in NULL_DEFAULTS and v is None)}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -28,7 +36,7 @@ def report_key(config: dict) -> str:
         config["run"],
         {
             "ig": [u.keys["ig"] for u in units(config)],
-            "report": config["report"] | _floor_if_set(config),
+            "report": _report_settings(config) | _floor_if_set(config),
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
         }
         | _tasks_if_set(config)

@@ -11,7 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.colors import Normalize, SymLogNorm  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+MARK = "x"  # drawn in the cell of every head whose importance rests on a path above report.gap_threshold
+SYMLOG_RATIO = 10.0  # category panels whose largest |value| differ by this factor share a symlog scale
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -23,15 +28,39 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def head_heatmap(matrix: np.ndarray, title: str, path: str | Path, label: str = "importance (-IG)") -> Path:
-    """Layer x head heatmap, diverging around 0."""
+def tick_step(n: int, most: int = 16) -> int:
+    """Label every step-th row or column so at most ``most`` labels show (32 layers: every 2nd)."""
+    return max(1, -(-n // most))
+
+
+def mark_cells(ax, marked, fontsize: float = 8) -> None:
+    """Draw MARK in the (layer, head) cells of ``marked`` (heads resting on paths above the gap threshold)."""
+    for layer, head in marked or ():
+        ax.text(head + 0.5, layer + 0.5, MARK, ha="center", va="center", color="black", fontsize=fontsize)
+
+
+def head_heatmap(
+    matrix: np.ndarray, title: str, path: str | Path, label: str = "importance (-IG)", marked=None
+) -> Path:
+    """Layer x head heatmap, diverging around 0; ``marked`` (layer, head) cells get MARK (gap above threshold)."""
     n_layers, n_heads = matrix.shape
     fig, ax = plt.subplots(figsize=(max(4, 0.35 * n_heads + 2), max(3, 0.3 * n_layers + 1.5)))
     lim = float(np.nanmax(np.abs(matrix))) or 1.0
-    sns.heatmap(matrix, ax=ax, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, cbar_kws={"label": label})
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap="RdBu_r",
+        center=0,
+        vmin=-lim,
+        vmax=lim,
+        cbar_kws={"label": label},
+        xticklabels=tick_step(n_heads),
+        yticklabels=tick_step(n_layers),
+    )
+    mark_cells(ax, marked)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set_title(title + (f" ({MARK}: completeness gap above threshold)" if marked else ""))
     return _save(fig, path)
 
 
@@ -117,7 +146,8 @@ def convergence_plot(curve, title: str, path) -> Path:
 
 
 def seed_scatter(scores, labels, title: str, path, label: str = "importance (-IG)") -> Path:
-    """Importance (as in the heatmaps) of every head under two seeds, coloured by layer, with Pearson r."""
+    """Importance (as in the heatmaps) of every head under two seeds, coloured by layer, with Pearson r and
+    Spearman beside it (a few extreme heads can carry r alone)."""
     x, y = -scores["score_a"].to_numpy(dtype=float), -scores["score_b"].to_numpy(dtype=float)
     layers = scores["layer"].to_numpy()
     n_layers = int(layers.max()) + 1
@@ -129,8 +159,11 @@ def seed_scatter(scores, labels, title: str, path, label: str = "importance (-IG
     bar.update_ticks()
     lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
-    r = np.corrcoef(x, y)[0, 1] if x.std() > 0 and y.std() > 0 else float("nan")
-    ax.text(0.03, 0.95, f"r = {r:.3f} ({x.size} heads)", transform=ax.transAxes, va="top", fontsize=9)
+    varied = x.std() > 0 and y.std() > 0
+    r = np.corrcoef(x, y)[0, 1] if varied else float("nan")
+    rho = spearmanr(x, y).statistic if varied else float("nan")
+    text = f"r = {r:.3f} (Pearson), Spearman {rho:.3f}, {x.size} heads"
+    ax.text(0.03, 0.95, text, transform=ax.transAxes, va="top", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.tick_params(axis="x", labelrotation=30)
@@ -155,13 +188,19 @@ def layer_consistency(per_layer, title: str, path) -> Path:
 
 
 def topk_bars(topk, title: str, path) -> Path:
-    """Mean top-K overlap between seeds vs the exact random expectation, per layer and global (``scope``)."""
+    """Mean top-K overlap between seeds vs the exact random expectation, per layer and global (``scope``); with
+    ``null_lo`` / ``null_hi`` columns (stats.consensus.topk_null_band) the random bar carries the null's range."""
     scope = topk["scope"] if "scope" in topk else ["per_layer"] * len(topk)
     names = [f"top-{k}\n{str(s).replace('_', ' ')}" for k, s in zip(topk["k"], scope, strict=True)]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(topk) + 2), 3.5))
     x = np.arange(len(topk))
     ax.bar(x - 0.2, 100 * topk["mean_overlap"], width=0.4, label="seeds")
-    ax.bar(x + 0.2, 100 * topk["random_expected"], width=0.4, label="random (exact)")
+    expected = 100 * topk["random_expected"].to_numpy(dtype=float)
+    if {"null_lo", "null_hi"} <= set(topk.columns):
+        err = [expected - 100 * topk["null_lo"].to_numpy(float), 100 * topk["null_hi"].to_numpy(float) - expected]
+        ax.bar(x + 0.2, expected, width=0.4, yerr=err, capsize=3, label="random (exact; bar: 95% range)")
+    else:
+        ax.bar(x + 0.2, expected, width=0.4, label="random (exact)")
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("overlap (%)")
     ax.set_ylim(0, 119)
@@ -170,11 +209,28 @@ def topk_bars(topk, title: str, path) -> Path:
     return _save(fig, path)
 
 
+def category_norm(panel_max) -> Normalize:
+    """One colour scale for every category panel: linear to the largest |value|, or, when the panels' largest
+    |values| differ by SYMLOG_RATIO or more, symlog with its linear part up to the smallest panel's largest
+    |value|, so a text category on a tenth of a task's scale still shows its pattern."""
+    peaks = [float(p) for p in panel_max if p > 0] or [1.0]
+    lim = max(peaks)
+    if lim / min(peaks) < SYMLOG_RATIO:
+        return Normalize(vmin=-lim, vmax=lim)
+    return SymLogNorm(linthresh=min(peaks), linscale=1.0, vmin=-lim, vmax=lim, base=10)
+
+
 def category_heatmaps(
-    category_means, title: str, path, counts: dict | None = None, label: str = "importance (-IG)"
+    category_means,
+    title: str,
+    path,
+    counts: dict | None = None,
+    label: str = "importance (-IG)",
+    marked=None,
 ) -> Path:
-    """One layer x head heatmap of mean importance per data category on a shared, labelled colour scale (rows
-    named by the model's layers); ``counts`` (category -> samples) puts n in each panel's title."""
+    """One layer x head heatmap of mean importance per data category on a shared, labelled colour scale
+    (:func:`category_norm`; rows named by the model's layers); ``counts`` (category -> samples) puts n in each
+    panel's title; ``marked`` (layer, head) cells get MARK."""
     cats = list(dict.fromkeys(category_means["category"]))
     n_layers = int(category_means["layer"].max()) + 1
     n_heads = int(category_means["head"].max()) + 1
@@ -186,8 +242,9 @@ def category_heatmaps(
         squeeze=False,
         gridspec_kw={"width_ratios": [1] * len(cats) + [0.06]},
     )
-    lim = float(np.nanmax(np.abs(category_means["score"]))) or 1.0
-    step = max(1, max(n_layers, n_heads) // 8)
+    peaks = category_means.assign(a=category_means["score"].abs()).groupby("category", sort=False)["a"].max()
+    norm = category_norm(peaks.to_numpy())
+    step = max(tick_step(n_layers, 8), tick_step(n_heads, 8))
     for i, (ax, cat) in enumerate(zip(axes[0][:-1], cats, strict=True)):
         part = category_means[category_means["category"] == cat]
         mat = part.pivot(index="layer", columns="head", values="score")
@@ -195,9 +252,7 @@ def category_heatmaps(
             -mat,
             ax=ax,
             cmap="RdBu_r",
-            center=0,
-            vmin=-lim,
-            vmax=lim,
+            norm=norm,
             cbar=i == len(cats) - 1,
             cbar_ax=axes[0][-1] if i == len(cats) - 1 else None,
             cbar_kws={"label": label},
@@ -205,10 +260,12 @@ def category_heatmaps(
             yticklabels=step,
             square=True,
         )
+        mark_cells(ax, marked, fontsize=6)
         n = (counts or {}).get(cat)
         ax.set_title(f"{cat or '(none)'}" + (f" (n = {n})" if n is not None else ""), fontsize=9)
         ax.set_xlabel("head")
         ax.set_ylabel("layer" if i == 0 else "")
         ax.tick_params(labelsize=7)
-    fig.suptitle(title)
+    scale = "symlog" if isinstance(norm, SymLogNorm) else "linear"
+    fig.suptitle(f"{title} ({scale} colour scale" + (f"; {MARK}: gap above threshold)" if marked else ")"))
     return _save(fig, path)
