@@ -51,7 +51,7 @@ ITEM_COLUMNS = ["source", "select", "seed", "task", "metric", "doc_id", "value"]
 
 
 def enabled(config: dict) -> bool:
-    return bool(config[KEY]["tasks"])
+    return bool(config.get(KEY, {}).get("tasks"))
 
 
 def _task_label(entry: str) -> str:
