@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from helpers import write_tiny_project
 
@@ -188,3 +189,135 @@ def test_paired_bootstrap_matches_a_reference():
     assert (diff["density"], diff["density_ref"]) == (0.41, 0.40)
     cells = users_table(table, "t").set_index("source")["select 0.3"]
     assert cells["Adaptive (per_layer)"] == f"{a.mean():.3f} ± 0.100 (d 0.410)"
+
+
+# ----- planted model: one head needs every key block, the others are not read ------------------------------
+
+
+class _PlantedBlock(torch.nn.Module):
+    """One LLaDA-layout block: q = k = 0 (every head attends uniformly to all positions), head h's value is the
+    token's bit; only head 0 reaches the output (attn_out reads its value dimension alone)."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.attn_out = torch.nn.Linear(n_heads, 1, bias=False)
+        with torch.no_grad():
+            self.attn_out.weight.zero_()
+            self.attn_out.weight[0, 0] = 1.0
+
+    def attention(self, q, k, v):
+        att = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # [B, H, T, 1]
+        return self.attn_out(att.squeeze(-1).transpose(1, 2))  # [B, T, 1]
+
+
+class PlantedModel(torch.nn.Module):
+    """Majority of the bits of a sequence, read at the last position: head 0 averages the bits of every position
+    it attends to (it needs dense attention: dropping key blocks averages fewer bits), heads 1.. are ignored."""
+
+    def __init__(self, n_heads: int = 4):
+        super().__init__()
+        self.config = type("Cfg", (), {"model_type": "llada", "num_attention_heads": n_heads})()
+        self.model = torch.nn.Module()
+        self.model.transformer = torch.nn.ModuleDict(
+            {"blocks": torch.nn.ModuleList([_PlantedBlock(n_heads)]), "ff_out": torch.nn.Identity()}
+        )
+
+    def forward(self, bits):
+        b, t = bits.shape
+        block = self.model.transformer["blocks"][0]
+        q = torch.zeros(b, block.n_heads, t, 1)
+        v = bits.float()[:, None, :, None].expand(b, block.n_heads, t, 1)
+        mean = block.attention(q, q, v)[:, -1, 0]  # head 0's mean over the positions it kept
+        return (mean > 0.5).long()
+
+
+def planted_items(n: int = 240, length: int = 40, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, (4 * n, length))
+    bits = bits[bits.sum(1) != length // 2][:n]  # no ties: the majority is defined
+    return torch.as_tensor(bits), (bits.sum(1) > length // 2).astype(int)
+
+
+def test_planted_head_adaptive_beats_uniform_and_negated_is_worse(tmp_path):
+    import pandas as pd
+
+    from headattr.evaluation.sparse_protocol import NORMALISATION, keep_ratios_of
+    from headattr.models.adapters import Adapter
+    from headattr.models.sparse import SparseAttention
+    from headattr.report.sparse import paired_differences
+
+    model = PlantedModel()
+    adapter = Adapter(model, "llada")
+    bits, labels = planted_items()
+    importance_file = tmp_path / "head_importance.pt"
+    torch.save({"importance_scores": {0: torch.tensor([1.0, 0.0, 0.0, 0.0])}}, importance_file)
+    settings = {
+        "skip": 0.2,
+        "block_size": 4,
+        "min_keep_ratio": 0.01,
+        "weight_scale": 2 / 3,
+        "normalisation": "percentile",
+        "importance_increases_keep": True,
+    }
+    assert set(NORMALISATION) == {"percentile", "minmax"}
+    dense = model(bits).numpy()
+    assert (dense == labels).all()  # dense attention reads every bit
+    rows, items = [], []
+    for source in ("planted", "uniform", "negated"):
+        spec = {
+            "source": source,
+            "seed": None,
+            "select": 0.2,
+            "sparse": settings,
+            "importance": None if source == "uniform" else {"file": str(importance_file)},
+            "base": "planted",
+        }
+        ratios = keep_ratios_of(spec, [importance_file], (1, 4))
+        sparse = SparseAttention(adapter, ratios, settings["block_size"])
+        with sparse.rebuilt():
+            correct = (model(bits).numpy() == labels).astype(float)
+        density = float(sparse.densities.mean())
+        # reference: per head the floor(r * 10) + 1 lowest key blocks (uniform attention: ties go to the lower
+        # index; block 9, the final one, is chosen on its own) plus block 9, of 10 x 10 blocks
+        kept = [min(np.floor(r * 10) + 1, 9) + 1 for r in ratios[0]]
+        assert density == pytest.approx(np.mean(kept) / 10)
+        rows.append(
+            {
+                "source": source,
+                "select": 0.2,
+                "task": "majority",
+                "metric": "acc",
+                "value": correct.mean(),
+                "stderr": correct.std(ddof=1) / np.sqrt(len(correct)),
+                "n": len(correct),
+                "seed": pd.NA,
+                "density": density,
+                "flops_fraction": 1 + density,
+                "mean_keep_ratio": ratios.mean(),
+                "wall_s": 0.0,
+            }
+        )
+        items.append(
+            pd.DataFrame(
+                {
+                    "source": source,
+                    "select": 0.2,
+                    "seed": pd.NA,
+                    "task": "majority",
+                    "metric": "acc",
+                    "doc_id": range(len(correct)),
+                    "value": correct,
+                }
+            )
+        )
+    table = pd.DataFrame(rows).set_index("source")
+    # uniform r 0.2 keeps 2 + 1 + the final block of each head's 10 (16 / 40); the planted importance gives
+    # head 0 r 0.5 and the others 0.1, which the floors make 6 + 3 x 3 = 15 / 40: adaptive wins with less attention
+    assert table.loc["uniform", "density"] == pytest.approx(16 / 40)
+    assert table.loc["planted", "density"] == pytest.approx(15 / 40)
+    assert table.loc["planted", "value"] > table.loc["uniform", "value"] > table.loc["negated", "value"]
+    diffs = paired_differences(table.reset_index(), pd.concat(items), n_boot=1000).set_index("source")
+    assert diffs.loc["planted", "lo"] > 0  # adaptive minus uniform: interval above 0
+    assert diffs.loc["negated", "hi"] < 0  # negated minus uniform: interval below 0
+    assert diffs["excludes_0"].all()
