@@ -321,3 +321,40 @@ def test_planted_head_adaptive_beats_uniform_and_negated_is_worse(tmp_path):
     assert diffs.loc["planted", "lo"] > 0  # adaptive minus uniform: interval above 0
     assert diffs.loc["negated", "hi"] < 0  # negated minus uniform: interval below 0
     assert diffs["excludes_0"].all()
+
+
+@pytest.mark.slow
+def test_points_table_and_report_on_the_demo_model(tmp_path, monkeypatch):
+    """End to end on the demo model (lm-eval, the diffusion sampler): dense, uniform and random points through
+    the job and table stages and the report section; the table's numbers are the items' means."""
+    import pandas as pd
+
+    from headattr.evaluation.sparse_protocol import eval_stage, sparse_plan, table_stage
+    from headattr.report.document import _md_table
+    from headattr.report.sparse import sparse_context
+
+    config, repo = demo_config(select=[0.3], seeds=1, limit=6, block_size=1, sources=["uniform", "random", "dense"])
+    monkeypatch.chdir(repo)
+    plan = sparse_plan(config, repo)
+    outs = {k: [tmp_path / k / n for n in ("results.csv", "items.csv", "info.json")] for k in plan}
+    infos = {k: eval_stage(spec, [], config["model"], *outs[k]) for k, spec in plan.items()}
+    for key, info in infos.items():
+        res, items = pd.read_csv(outs[key][0]), pd.read_csv(outs[key][1])
+        first = res.iloc[0]
+        mean = items[items["metric"] == first["metric"]]["value"].mean()
+        assert first["value"] == pytest.approx(mean) and first["n"] == 6
+        if plan[key]["source"] == "dense":
+            assert np.isnan(info["density"]) and info["flops_fraction"] == 1.0
+        else:  # 17 positions, r = 0.3 (uniform) and random ratios: kept blocks exceed select, fewer than all
+            assert 0.3 < info["density"] < 1 and info["flops_fraction"] < 1
+    table_out, items_out = tmp_path / "sparse_validation.csv", tmp_path / "sparse_items.csv"
+    keys = list(plan)
+    table_stage(*([outs[k][i] for k in keys] for i in (0, 1, 2)), keys, table_out, items_out)
+    table = pd.read_csv(table_out)
+    assert sorted(table["source"].unique()) == ["dense", "random", "uniform"]
+    context, head = sparse_context(table_out, items_out, 200, tmp_path, _md_table)
+    (diff,) = head["differences"]
+    items = pd.read_csv(items_out)
+    by = items[items["metric"] == table["metric"].iloc[0]].groupby("source")["value"].mean()
+    assert diff["source"] == "random" and diff["difference"] == pytest.approx(by["random"] - by["uniform"])
+    assert (tmp_path / context["figure"]).is_file()
