@@ -321,6 +321,7 @@ def test_planted_head_adaptive_beats_uniform_and_negated_is_worse(tmp_path):
     assert diffs.loc["planted", "lo"] > 0  # adaptive minus uniform: interval above 0
     assert diffs.loc["negated", "hi"] < 0  # negated minus uniform: interval below 0
     assert diffs["excludes_0"].all()
+    print(table[["value", "density"]], diffs[["difference", "lo", "hi"]], sep="\n")  # the numbers of docs/sparse.md
 
 
 @pytest.mark.slow
