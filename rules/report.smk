@@ -51,6 +51,12 @@ rule report:
             else []
         ),
         dispersion=[f"{RESULTS}/dispersion/{k}/heads.csv" for k in DISPERSION],
+        sparse_validation=(
+            [f"{RESULTS}/reports/{{key}}/sparse_validation.csv"] if SPARSE_PLAN else []
+        ),
+        sparse_items=(
+            [f"{RESULTS}/reports/{{key}}/sparse_items.csv"] if SPARSE_PLAN else []
+        ),
         template=f"{workflow.basedir}/report/report.md.j2",
     output:
         report_md=f"{RESULTS}/reports/{{key}}/report.md",

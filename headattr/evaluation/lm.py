@@ -38,7 +38,14 @@ from ..models.gates import gated
 from .elbo import causal_input_length, causal_scored_input, elbo_scored_input
 from .keepmask import CONVENTIONS, ORDERS, keep_mask
 from .sampler import check_schedule, cut_at_stops, cut_at_token, low_confidence_generate
-from .sparse import build_step, check_sparse_args, elbo_context, sparse_ratios, step_schedule
+from .sparse import (
+    attention_flops_fraction,
+    build_step,
+    check_sparse_args,
+    elbo_context,
+    sparse_ratios,
+    step_schedule,
+)
 
 CAUSAL_FAMILIES = ("llama", "gpt2")
 OBJECTIVES = ("auto", "causal", "diffusion")
@@ -242,6 +249,7 @@ class HeadAttrLM(TemplateLM):
         self._keep: torch.Tensor | None = None
         self._sparse: tuple[np.ndarray, int, float] | None = None
         self.sparse_densities: list[float] = []
+        self.sparse_flops: list[float] = []
         at_least_one = _flag(keep_at_least_one_head, "keep_at_least_one_head")
         self.set_keep_mask(self._keep_from_args(*prune, int(prune_seed), at_least_one, layer_start, layer_end))
         if sparse_select is not None:
@@ -305,7 +313,9 @@ class HeadAttrLM(TemplateLM):
     def set_sparse_attention(self, ratios=None, block_size: int = 32, skip: float = 0.2) -> None:
         """Adaptive block-sparse attention with keep ratios [n_layers, n_heads] (see :mod:`headattr.models.sparse`
         and :mod:`headattr.evaluation.sparse`); None = dense. ``sparse_densities`` collects the mean realised
-        block density of every sparse generation and likelihood call."""
+        block density of every sparse generation and likelihood call, ``sparse_flops`` its attention FLOPs relative to
+        dense attention (:func:`headattr.evaluation.sparse.attention_flops_fraction`; a likelihood call builds its
+        masks from its own dense attention, so 1 + density)."""
         if ratios is None:
             self._sparse = None
             return
@@ -467,7 +477,9 @@ class HeadAttrLM(TemplateLM):
                 scored, torch.arange(self.mc_num), self._gate_rows(self.mc_num), describe=lambda r: f"MC row {r}"
             )
         if sparse is not None:
-            self.sparse_densities.append(float(sparse.densities.mean()))
+            density = float(sparse.densities.mean())
+            self.sparse_densities.append(density)
+            self.sparse_flops.append(1.0 + density)  # the masks come from this call's dense attention
         greedy = False
         if self.check_greedy:
             prompt = torch.as_tensor([context], dtype=torch.long, device=self._device)
@@ -533,7 +545,9 @@ class HeadAttrLM(TemplateLM):
                 step_context=schedule,
             )
         if sparse is not None and sparse.masks:
-            self.sparse_densities.append(float(sparse.densities.mean()))
+            density = float(sparse.densities.mean())
+            self.sparse_densities.append(density)
+            self.sparse_flops.append(attention_flops_fraction(density, build_step(self._sparse[2], steps), steps))
         return out
 
     def _uses_dream_generate(self) -> bool:

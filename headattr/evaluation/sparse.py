@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 
 from ..errors import ConfigError
-from ..models.sparse import SparseAttention, importance_weights, keep_ratios
+from ..models.sparse import PERCENTILES, SparseAttention, importance_weights, keep_ratios
 
 
 def build_step(skip: float, steps: int) -> int:
@@ -23,6 +23,13 @@ def build_step(skip: float, steps: int) -> int:
     if not 0 <= skip <= 1:
         raise ConfigError(f"sparse_skip: {skip} is not in [0, 1]")
     return int(skip * steps) + 1
+
+
+def attention_flops_fraction(density: float, end: int, steps: int) -> float:
+    """Attention score FLOPs of one generation relative to dense: steps 0..end dense (end builds the masks from
+    dense attention), the later steps at the masks' block density."""
+    dense = min(end + 1, steps)
+    return (dense + (steps - dense) * density) / steps
 
 
 def step_schedule(sparse: SparseAttention, skip: float, steps: int) -> Callable[[int], AbstractContextManager]:
@@ -65,6 +72,7 @@ def sparse_ratios(
     scale: float = 2 / 3,
     increases_keep: bool = True,
     n_kv_heads: int | None = None,
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> np.ndarray:
     """Keep ratios [layers, heads] from importance (constant importance: every w = 1, the users' "uniform
     sparse", r = select).
@@ -76,6 +84,6 @@ def sparse_ratios(
     if not rows.any():
         raise ConfigError("sparse_importance: the importance has no layer with finite scores")
     ratios = np.ones_like(s)
-    w = importance_weights(s[rows], scale, increases_keep, n_kv_heads)
+    w = importance_weights(s[rows], scale, increases_keep, n_kv_heads, percentiles)
     ratios[rows] = keep_ratios(w, select, min_keep_ratio)
     return ratios

@@ -106,13 +106,13 @@ def _read_task_file(path: Path, where: str, root: Path) -> tuple[str, list[Path]
     return doc["task"], files
 
 
-def resolve_tasks(entries, root: Path | str = ".") -> dict:
+def resolve_tasks(entries, root: Path | str = ".", key: str = KEY) -> dict:
     """{"names": task names to evaluate, "include_path": local directories, "files": files the local tasks read,
-    "lm_eval_names": entries to look up in lm-eval's own index}. Needs no lm-eval import."""
+    "lm_eval_names": entries to look up in lm-eval's own index}. Needs no lm-eval import; errors name ``key``."""
     root = Path(root)
     names, include, files, others = [], [], [], []
     for i, entry in enumerate(entries):
-        where = f"{KEY}[{i}] ({entry!r})"
+        where = f"{key}[{i}] ({entry!r})"
         if not is_local(entry, root):
             names.append(entry)
             others.append(entry)
@@ -158,13 +158,18 @@ def check_tasks(config: dict, root: Path | str = ".") -> dict | None:
         from ..pipeline.config import check_layer_range
 
         check_layer_range("validation.tasks.layers", layers, model_shape(Path(root) / config["model"]["path"]))
-    resolved = resolve_tasks(entries, root)
+    return check_task_entries(entries, root)
+
+
+def check_task_entries(entries, root: Path | str = ".", key: str = KEY) -> dict:
+    """:func:`resolve_tasks`, then every lm-eval name looked up in lm-eval's index; errors name ``key[i]``."""
+    resolved = resolve_tasks(entries, root, key)
     if resolved["lm_eval_names"]:
         known = set(task_manager(resolved, root).all_tasks)
         for i, entry in enumerate(entries):
             if entry in resolved["lm_eval_names"] and entry not in known:
                 raise ConfigError(
-                    f"{KEY}[{i}]: {entry!r} is neither an lm-eval task or group name nor a task file "
+                    f"{key}[{i}]: {entry!r} is neither an lm-eval task or group name nor a task file "
                     "(local task files end in .yaml/.yml; directories must exist)"
                 )
     return resolved

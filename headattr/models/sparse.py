@@ -41,13 +41,18 @@ BACKENDS = ("auto", "exact", "flex")
 
 
 def importance_weights(
-    importance, scale: float = 2 / 3, increases_keep: bool = True, n_kv_heads: int | None = None
+    importance,
+    scale: float = 2 / 3,
+    increases_keep: bool = True,
+    n_kv_heads: int | None = None,
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> np.ndarray:
-    """Relative keep weights w [layers, heads] (global mean 1 before the GQA average) from ``importance``."""
+    """Relative keep weights w [layers, heads] (global mean 1 before the GQA average) from ``importance``,
+    normalised by its global ``percentiles`` (the users' 5th / 95th; (0, 1) = by minimum and maximum)."""
     s = np.asarray(importance, dtype=np.float64)
     if s.ndim != 2 or not np.isfinite(s).all():
         raise ValueError(f"importance must be a finite [layers, heads] matrix, got shape {s.shape}")
-    lo, hi = np.quantile(s, PERCENTILES)
+    lo, hi = np.quantile(s, percentiles)
     n = np.clip((s - lo) / (hi - lo + 1e-8), 0.0, 1.0)
     sign = 1.0 if increases_keep else -1.0
     w = np.clip(1.0 + sign * scale * 2.0 * (n - 0.5), *WEIGHT_CLAMP)

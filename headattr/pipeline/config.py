@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..models.loading import hub_id_problem, hub_unreachable, model_n_layers, model_shape
+from .sparse_config import check_sparse_config
 
 
 def _is_local_path(path: str) -> bool:
@@ -132,6 +133,7 @@ def check_config(config: dict, root: Path | str = ".") -> None:
     if lambdas is not None and "layered" not in config["ig"]["methods"]:
         raise ConfigError("ig.lambdas: only used by the 'layered' method, which is not in ig.methods")
     check_stp_config(config, root)
+    check_sparse_config(config, root)
 
 
 def check_layer_range(key: str, layers, shape) -> None:

@@ -532,6 +532,14 @@ def build_report(
             config["validation"]["tasks"].get("chance", {}),
             config["validation"]["tasks"].get("min_margin", 0.1),
         )
+    sparse_ctx, sparse_head = None, None
+    if getattr(inputs, "sparse_validation", []):  # sparse_validation (headattr.report.sparse)
+        from .sparse import sparse_context
+
+        n_boot = config["sparse_validation"]["bootstrap"]
+        sparse_ctx, sparse_head = sparse_context(
+            inputs.sparse_validation[0], inputs.sparse_items[0], n_boot, figures_dir, _md_table
+        )
     flags, capped = [], []
     for s in summaries:
         c = s["completeness"]
@@ -571,6 +579,7 @@ def build_report(
         "method_comparison": method_heads,
         "pruning_validation": val_heads,
         **({"task_validation": task_head} if task_head else {}),
+        **({"sparse_validation": sparse_head} if sparse_head else {}),
         "compute": compute.astype(object).where(compute.notna(), None).to_dict("records"),
         "dispersion_spearman": disp.to_dict("records"),
         "transfer": transfer_note(config) or None,
@@ -600,6 +609,7 @@ def build_report(
         "seed_diags": seed_ctx,
         "validations": val_ctx,
         "task_validation": task_ctx,
+        "sparse_validation": sparse_ctx,
         "settings_yaml": yaml.safe_dump(config, sort_keys=False),
     }
     text = render(context, template)

@@ -29,6 +29,16 @@ def _report_settings(config: dict) -> dict:
     return {k: v for k, v in config["report"].items() if not (k in NULL_DEFAULTS and v is None)}
 
 
+def _sparse_if_set(config: dict) -> dict:
+    """The sparse-validation points and bootstrap size, only when sparse_validation is on (other configs keep their
+    keys)."""
+    from ..evaluation.sparse_protocol import enabled, sparse_plan
+
+    if not enabled(config):
+        return {}
+    return {"sparse": {"points": sorted(sparse_plan(config)), "bootstrap": config["sparse_validation"]["bootstrap"]}}
+
+
 def report_key(config: dict) -> str:
     """Key of the run's report: every attribution and diagnostic key plus the report settings."""
     groups = diagnostic_groups(config)
@@ -40,5 +50,6 @@ def report_key(config: dict) -> str:
             "diagnostics": {k: sorted(v) for k, v in groups.items()},
         }
         | _tasks_if_set(config)
+        | _sparse_if_set(config)
         | ({"dispersion": sorted(dispersion_groups(config))} if dispersion_groups(config) else {}),
     )
