@@ -32,7 +32,7 @@ DEFAULTS = {
     "topk": [5, 10, 15, 20, 25, 30],
     "variance_thresholds": [0.001, 0.005],
     "depth_bins": 3,
-    "n_boot": 200,
+    "n_boot": 2000,
     "n_perm": 200,
     "top_heads": 20,
     "seed": 0,

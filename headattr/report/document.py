@@ -591,7 +591,7 @@ def build_report(
         "top_k": top_k,
         "units": unit_ctx,
         "unit_diags": unit_diags,
-        "n_boot": config.get("diagnostics", {}).get("n_boot", 200),
+        "n_boot": config.get("diagnostics", {}).get("n_boot", 2000),
         "method_diags": method_ctx,
         "seed_diags": seed_ctx,
         "validations": val_ctx,
