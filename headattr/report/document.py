@@ -18,12 +18,12 @@ from ..stats.kruskal import CHI2_MIN_GROUP, N_RESAMPLES
 from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
-    convergence_plot,
     deletion_plot,
     head_heatmap,
     layer_consistency,
     matrix_heatmap,
     seed_scatter,
+    split_half_plot,
     topk_bars,
     variance_histogram,
 )
@@ -234,8 +234,12 @@ def unit_context(unit: dict, diag: dict, figures_dir: Path, thresholds, label: s
         }
     )
     out = {"method": method, "seed": seed, "sample_count": _md_table(table), "n_heads": diag["head_variance"].size}
-    out["convergence"] = f"convergence_{tag}.png"
-    convergence_plot(diag["convergence"], f"{method}, seed {seed}", figures_dir / out["convergence"])
+    if "split_half" in diag and len(diag["split_half"]):
+        sh = diag["split_half"]
+        out["split_half_plot"] = f"split_half_{tag}.png"
+        split_half_plot(sh, f"{method}, seed {seed}", figures_dir / out["split_half_plot"])
+        out["split_half"] = _md_table(sh[["n", "half", "metric", "half_median", "reliability", "lo", "hi"]], ".3f")
+        out["n_splits"] = int(sh["n_splits"].iloc[0])
     counts = diag.get("category_counts", {})
     out["correlation"] = None
     if "sample_correlation" in diag:
