@@ -26,6 +26,7 @@ from .. import stats
 from ..pipeline.aggregate import head_label
 from ..pipeline.dumps import atomic_write, write_npy
 from ..pipeline.workflow import write_json
+from ..stats.contrasts import category_contrasts
 
 DEFAULTS = {
     "sample_counts": [1, 5, 10, 25],
@@ -131,12 +132,15 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "
     out["category_counts"] = counts
     out["sample_categories"] = cats
     try:
-        diff = stats.category_differences(per_sample, cats, top=c["top_heads"], seed=c["seed"])
+        tests = stats.category_differences(per_sample, cats, top=None, seed=c["seed"])
+        diff = tests.head(c["top_heads"])
+        out["category_tests"] = tests[["layer", "head", "label", "H", "p_value", "q_value"]]
         out["category_differences"] = diff
+        out["category_contrasts"] = category_contrasts(per_sample, cats)
         left_out = {cat: counts[cat] for cat in diff.attrs["dropped_categories"]}
         out["category_differences_note"] = {"tested": [cat for cat in counts if cat not in left_out]}
         out["category_differences_note"]["left_out"] = left_out
-        out["category_differences_note"]["p_method"] = diff.attrs["p_method"]
+        out["category_differences_note"]["p_method"] = tests.attrs["p_method"]
     except ValueError as exc:
         out["category_differences_note"] = {"skipped": str(exc), "left_out": {}}
     if n_p >= 2:

@@ -263,10 +263,10 @@ def cross_seed_bootstrap(
             "estimate": ci.estimate,
             "lo": ci.lo,
             "hi": ci.hi,
-            "lo_mc": ci.mc_lo,
-            "hi_mc": ci.mc_hi,
             "method": ci.method,
             "bias": ci.bias,
+            "lo_mc": ci.mc_lo,
+            "hi_mc": ci.mc_hi,
             "n_boot": n_boot,
         }
     )
