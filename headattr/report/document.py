@@ -27,6 +27,7 @@ from .plots import (
     topk_bars,
     variance_histogram,
 )
+from .seed_factors import changed_part, seed_factor_table, seed_factor_verdicts
 
 REPORT_DIR = Path(__file__).resolve().parents[2] / "report"
 TEMPLATE = REPORT_DIR / "report.md.j2"
@@ -527,11 +528,23 @@ def build_report(
             if "category_tests" in diag:
                 category_tests[(unit["method"], unit["seed"])] = diag["category_tests"]
         summaries.append(digest)
-    seed_ctx, seed_heads = [], []
+    seed_ctx, seed_heads, factor_rows = [], [], []
     for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
         diag = read_tables(diag_dir)
-        seed_ctx.append(seed_context(meta, diag, figures_dir, label))
+        changes = changed_part(config, meta["seed_a"], meta["seed_b"])
+        seed_ctx.append(seed_context(meta, diag, figures_dir, label) | {"changes": changes})
         seed_heads.append({**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, **diag["headline"]})
+        seed_heads[-1]["changes"] = changes
+        if "bootstrap" in diag:
+            rho = diag["bootstrap"].set_index("metric").loc["global_spearman"]
+            factor_rows.append(
+                {**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, "changes": changes}
+                | {"spearman": rho["estimate"], "lo": rho["lo"], "hi": rho["hi"]}
+            )
+    factors = seed_factor_table(factor_rows)
+    seed_factors = None
+    if factors["changes"].nunique() > 1:
+        seed_factors = {"table": _md_table(factors, ".3f"), "verdicts": seed_factor_verdicts(factors)}
     method_ctx, method_heads = [], []
     for meta, diag_dir in zip(method_groups, getattr(inputs, "method_diag", []), strict=True):
         diag = read_tables(diag_dir)
@@ -642,6 +655,7 @@ def build_report(
         "validations": val_ctx,
         "task_validation": task_ctx,
         "kw_replication": kw,
+        "seed_factors": seed_factors,
         "settings_yaml": yaml.safe_dump(config, sort_keys=False),
     }
     text = render(context, template)
