@@ -48,9 +48,12 @@ def category_order(groups) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
     return order, blocks
 
 
-def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None, groups=None) -> Path:
+def matrix_heatmap(
+    matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None, groups=None, names=None
+) -> Path:
     """A square matrix (e.g. the per-sample correlation matrix); with ``groups`` (a category per row) the rows
-    and columns are ordered by category and the blocks are outlined and named."""
+    and columns are ordered by category and the blocks are outlined and named; with ``names`` (one per row, e.g.
+    sweep points) every row and column is labelled with its name."""
     n = matrix.shape[0]
     blocks = []
     if groups is not None and len(groups) == n:
@@ -66,6 +69,9 @@ def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r
         ax.set_xticks(mids, names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(mids, names, rotation=0, fontsize=8)
         ax.set_xlabel("samples by category (n)")
+    elif names is not None:
+        ax.set_xticks(np.arange(n) + 0.5, names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(np.arange(n) + 0.5, names, rotation=0, fontsize=7)
     else:
         step = max(1, n // 16)
         ticks = np.arange(0, n, step)
