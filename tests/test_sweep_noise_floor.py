@@ -3,12 +3,12 @@ matrix labelled with point names and one y range across sensitivity panels (issu
 
 import copy
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from helpers import write_tiny_project
+from test_plots import drawn  # noqa: F401  (the figure-keeping fixture)
 
 from headattr.pipeline.checks import validate_config
 from headattr.pipeline.keys import units
@@ -16,21 +16,6 @@ from headattr.report import plots
 from headattr.sweeps import report as sweep_report
 from headattr.sweeps.plan import NOISE_FLOOR, sweep_plan, sweep_points
 from headattr.sweeps.tables import with_noise_floor
-
-
-@pytest.fixture
-def drawn(monkeypatch):
-    figs = []
-
-    def keep(fig, path):
-        fig.canvas.draw()
-        figs.append(fig)
-        return path
-
-    monkeypatch.setattr(plots, "_save", keep)
-    yield figs
-    for fig in figs:
-        plt.close(fig)
 
 
 def test_every_sweep_gets_the_reference_with_other_mask_seeds(tmp_path, monkeypatch):
@@ -81,52 +66,18 @@ def test_agreements_are_read_against_the_floor():
     )
     out = with_noise_floor(sens, floor)
     assert out["noise_floor"].tolist() == [0.9, 0.9] and out["below_floor"].tolist() == [True, False]
+    spearman = {"a": "K=2", "b": "K=4", "value": 0.5, "ci_low": 0.3, "ci_high": 0.6, "ci_method": "BCa"}
+    spearman |= {"ci_low_mc": 0.01, "ci_high_mc": 0.02}
+    pearson = spearman | {"value": 0.7, "ci_low": 0.6, "ci_high": 0.8}
     pairs = pd.DataFrame(
-        [
-            {
-                "scope": "global",
-                "metric": "spearman",
-                "a": "K=2",
-                "b": "K=4",
-                "value": 0.5,
-                "ci_low": 0.3,
-                "ci_high": 0.6,
-                "ci_method": "BCa",
-                "ci_low_mc": 0.01,
-                "ci_high_mc": 0.02,
-            },
-            {
-                "scope": "global",
-                "metric": "pearson",
-                "a": "K=2",
-                "b": "K=4",
-                "value": 0.7,
-                "ci_low": 0.6,
-                "ci_high": 0.8,
-                "ci_method": "BCa",
-                "ci_low_mc": 0.0,
-                "ci_high_mc": 0.0,
-            },
-        ]
+        [{"scope": "global", "metric": "spearman"} | spearman, {"scope": "global", "metric": "pearson"} | pearson]
     )
-    table = sweep_report.pair_intervals(pairs)
-    assert table.to_dict("records") == [
-        {
-            "a": "K=2",
-            "b": "K=4",
-            "value": 0.5,
-            "ci_low": 0.3,
-            "ci_high": 0.6,
-            "ci_method": "BCa",
-            "ci_low_mc": 0.01,
-            "ci_high_mc": 0.02,
-        }
-    ]
+    assert sweep_report.pair_intervals(pairs).to_dict("records") == [spearman]
     text = "".join(sweep_report.noise_floor_markdown({"noise_floor": floor, "sensitivity": out}))
     assert "below the floor: `K=2`." in text and "| joint | spearman | 0.900 | 0.800 | 0.950 | BCa |" in text
 
 
-def test_stability_matrix_names_its_points(drawn):
+def test_stability_matrix_names_its_points(drawn):  # noqa: F811 (the fixture imported above)
     names = ["K=2", "K=4", NOISE_FLOOR]
     plots.matrix_heatmap(np.eye(3), "t", "x.png", "Spearman", names=names)
     ax = drawn[0].axes[0]
@@ -134,7 +85,7 @@ def test_stability_matrix_names_its_points(drawn):
     assert [t.get_text() for t in ax.get_yticklabels()] == names
 
 
-def test_sensitivity_panels_share_one_y_range_with_the_floor(drawn):
+def test_sensitivity_panels_share_one_y_range_with_the_floor(drawn):  # noqa: F811
     sens = pd.DataFrame(
         [a | b | {"noise_floor": 0.7} for a, b in (_rows("K=2", 0.5, -0.2, 0.6), _rows("K=4", 1.0, 1.0, 1.0))]
     )
