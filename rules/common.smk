@@ -138,7 +138,7 @@ def ig_settings(wildcards):
         "weighting": o["weighting"],
         "mask_probs": [1.0] if o["kind"] == "causal" else o["mask_probs"],
         "mask_mode": o["mask_mode"],
-        "mask_seed": unit.seed,
+        "mask_seed": unit.slices["masks"]["mask_seed"],
     }
 
 

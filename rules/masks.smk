@@ -16,7 +16,7 @@ rule draw_masks:
         "../envs/engine.yaml"
     params:
         slice=lambda wc: unit_for("masks", wc.key).slices["masks"],
-        seed=lambda wc: unit_for("masks", wc.key).seed,
+        seed=lambda wc: unit_for("masks", wc.key).slices["masks"]["mask_seed"],
         model=model_settings(),
         objective=lambda wc: config_for("masks", wc.key)["objective"],
     script:

@@ -39,7 +39,7 @@ def test_finds_exactly_the_sample_specific_heads():
     assert found == SPECIFIC
     assert out["head_variance_summary"]["count_above"] == {"0.001": 3, "0.005": 3}
     assert out["sample_count"]["n"].tolist() == [1, 5, 10, 12]
-    assert set(out) >= {"convergence", "sample_correlation", "category_means", "mask_ratio_agreement", "headline"}
+    assert set(out) >= {"split_half", "sample_correlation", "category_means", "mask_ratio_agreement", "headline"}
 
 
 def test_finds_the_layer_where_two_seeds_disagree():

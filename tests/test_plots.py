@@ -105,19 +105,21 @@ def test_layer_consistency_has_integer_layer_ticks(drawn, n_layers):
     assert all(float(t).is_integer() for t in drawn[0].axes[0].get_xticks())
 
 
-def test_convergence_ticks_every_n_and_shows_n(drawn):
-    ns = [1, 5, 10, 25, 50]
-    curve = pd.DataFrame(
+def test_split_half_ticks_every_n_and_shows_n(drawn):
+    ns = [2, 4, 10, 24, 50]
+    table = pd.DataFrame(
         [
-            {"n": n, "metric": m, "mean": 1 - 1 / n, "lo": 0.9 - 1 / n, "hi": 1.0}
+            {"n": n, "N": 51, "metric": m, "reliability": 1 - 1 / n, "lo": 0.9 - 1 / n, "hi": 1.0}
             for n in ns
-            for m in ("pearson", "cosine")
+            for m in ("spearman", "pearson")
         ]
     )
-    plots.convergence_plot(curve, "per_layer", "x.png")
+    plots.split_half_plot(table, "per_layer", "x.png")
     ax = drawn[0].axes[0]
     assert list(ax.get_xticks()) == ns and [t.get_text() for t in ax.get_xticklabels()] == [str(n) for n in ns]
-    assert "N = 50" in ax.get_title() and "N = 50" in ax.get_xlabel()
+    assert "N = 51" in ax.get_title() and "N = 51" in ax.get_xlabel()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["spearman"].get_ydata()) == [1 - 1 / n for n in ns]
 
 
 def test_sample_correlation_is_ordered_by_category_with_blocks(drawn):

@@ -195,16 +195,6 @@ def test_sample_count_agreement(rng):
     assert row["diff_max"] == pytest.approx(sub.max() - full.max())
 
 
-def test_convergence_curve(rng):
-    x = rng.normal(size=(20, 3, 5)) + rng.normal(size=(3, 5))
-    df = hs.convergence_curve(x, ns=[2, 10, 20], n_boot=50, seed=0, ks=(5,))
-    assert set(df["metric"]) == {"pearson", "spearman", "cosine", "top5_overlap"}
-    p = df[df["metric"] == "pearson"].set_index("n")
-    assert p.loc[20, "mean"] == pytest.approx(1.0) and p.loc[20, "lo"] == pytest.approx(1.0)
-    assert p.loc[2, "mean"] < p.loc[10, "mean"] < p.loc[20, "mean"]
-    assert (p["lo"] <= p["mean"]).all() and (p["mean"] <= p["hi"]).all()
-
-
 # --- cross-seed ---------------------------------------------------------------------------------
 
 

@@ -30,7 +30,9 @@ def tiny_config(tmp_path, monkeypatch):
 
 
 def points_of(config, axes, **sweep):
-    """Validated config and points of ``axes`` {name: (key, values[, labels])}."""
+    """Validated config and points of ``axes`` {name: (key, values[, labels])}; without the noise-floor point
+    unless ``noise_floor=True`` (tests/test_sweep_noise_floor.py)."""
+    sweep = {"noise_floor": False, **sweep}
     cfg = copy.deepcopy(config)
     cfg["sweep"] = {
         "axes": {n: {"key": a[0], "values": a[1]} | ({"labels": a[2]} if len(a) > 2 else {}) for n, a in axes.items()},
@@ -265,7 +267,9 @@ def test_sweep_dry_runs_rerun_only_new_points(tmp_path):
     materialize(tmp_path)  # the base run (ig.steps 2) exists
     new_point = {"attribute": 1, "aggregate": 1, "validate_pruning": 1, "sweep_stability": 1, "sweep_report": 1}
     set_sweep(tmp_path, [2, 4])
-    assert planned_jobs(snakemake(tmp_path, "-n")) == new_point | {"all": 1}  # no sampling, tokenizing, masks
+    # K=4, and the noise floor (reference K=2 with mask seed 2: its attribution and held-out masks, not its data)
+    floor = {"attribute": 2, "aggregate": 2, "validate_pruning": 2, "draw_masks": 2}
+    assert planned_jobs(snakemake(tmp_path, "-n")) == new_point | floor | {"all": 1}  # no sampling, tokenizing
     materialize(tmp_path)
     set_sweep(tmp_path, [2, 4, 8])
     assert planned_jobs(snakemake(tmp_path, "-n")) == new_point | {"all": 1}  # only K=8 and the comparison

@@ -1,6 +1,6 @@
 """Diagnostics of dumps, as named tables: what the users' two reports show, for any run.
 
-- :func:`unit_diagnostics` (one method and seed): 1-vs-N sample agreement and its convergence curve, the
+- :func:`unit_diagnostics` (one method and seed): 1-vs-N sample agreement, split-half reliability, the
   per-sample correlation matrix, per-head variance across samples, per-category head use, per-mask-ratio
   agreement.
 - :func:`seed_diagnostics` (one method, two seeds): per-layer and global consistency, top-K overlap against
@@ -26,14 +26,16 @@ from .. import stats
 from ..pipeline.aggregate import head_label
 from ..pipeline.dumps import atomic_write, write_npy
 from ..pipeline.workflow import write_json
+from ..stats.contrasts import category_contrasts
 
 DEFAULTS = {
     "sample_counts": [1, 5, 10, 25],
     "topk": [5, 10, 15, 20, 25, 30],
     "variance_thresholds": [0.001, 0.005],
     "depth_bins": 3,
-    "n_boot": 200,
+    "n_boot": 2000,
     "n_perm": 200,
+    "n_splits": 200,
     "top_heads": 20,
     "seed": 0,
 }
@@ -88,6 +90,15 @@ def _local_bins(bins, layers: list[int]):
     return [[max(0, a - layers[0]), min(len(layers), b - layers[0])] for a, b in bins]
 
 
+def _split_half_headline(table: pd.DataFrame) -> dict:
+    """Spearman-Brown split-half Spearman of the all-sample ranking (the largest n) with its spread over splits."""
+    rows = table[table["metric"] == "spearman"]
+    if rows.empty:
+        return {}
+    last = rows.iloc[-1]
+    return {f"split_half_spearman{k}": float(last[c]) for k, c in (("", "reliability"), ("_lo", "lo"), ("_hi", "hi"))}
+
+
 def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "signed") -> dict:
     """Diagnostics of one dump (arrays of :mod:`headattr.pipeline.dumps`)."""
     c = _cfg(cfg)
@@ -97,7 +108,7 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "
     ns = sorted({min(x, n) for x in c["sample_counts"]} | {n})
     out: dict = {
         "sample_count": stats.sample_count_agreement(per_sample, ns=ns, ks=ks),
-        "convergence": stats.convergence_curve(per_sample, ns=ns, n_boot=c["n_boot"], seed=c["seed"], ks=ks[:1]),
+        "split_half": stats.split_half_reliability(per_sample, ns=ns, n_splits=c["n_splits"], seed=c["seed"]),
     }
     if n >= 2:
         corr = stats.sample_correlation_matrix(per_sample)
@@ -121,12 +132,15 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "
     out["category_counts"] = counts
     out["sample_categories"] = cats
     try:
-        diff = stats.category_differences(per_sample, cats, top=c["top_heads"], seed=c["seed"])
+        tests = stats.category_differences(per_sample, cats, top=None, seed=c["seed"])
+        diff = tests.head(c["top_heads"])
+        out["category_tests"] = tests[["layer", "head", "label", "H", "p_value", "q_value"]]
         out["category_differences"] = diff
+        out["category_contrasts"] = category_contrasts(per_sample, cats)
         left_out = {cat: counts[cat] for cat in diff.attrs["dropped_categories"]}
         out["category_differences_note"] = {"tested": [cat for cat in counts if cat not in left_out]}
         out["category_differences_note"]["left_out"] = left_out
-        out["category_differences_note"]["p_method"] = diff.attrs["p_method"]
+        out["category_differences_note"]["p_method"] = tests.attrs["p_method"]
     except ValueError as exc:
         out["category_differences_note"] = {"skipped": str(exc), "left_out": {}}
     if n_p >= 2:
@@ -140,6 +154,7 @@ def unit_diagnostics(arrays: dict, cfg: dict | None = None, postprocess: str = "
         "sample_specificity": stats.sample_specificity(per_sample) if n >= 2 else float("nan"),
         "one_vs_all_pearson": float(out["sample_count"]["pearson"].iloc[0]),
         "one_vs_all_cosine": float(out["sample_count"]["cosine"].iloc[0]),
+        **_split_half_headline(out["split_half"]),
         "variance_mean": variance["mean"],
         "variance_count_above": out["head_variance_summary"]["count_above"],
     }

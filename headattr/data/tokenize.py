@@ -32,13 +32,22 @@ PLACEHOLDER = "\u2063headattr-prompt\u2063"
 class TokenizeOptions:
     """How records become samples (schema keys ``data.*``)."""
 
-    separator: str = ""
+    separator: str | dict = ""
     split_special_tokens: bool = True
     min_answer_tokens: int = 1
     min_target_tokens: int = 1
     max_unk_fraction: float = 0.5
     on_bad_record: str = "error"
     add_bos: bool = False
+
+
+def separator_for(separator: str | dict, category: str) -> str:
+    """The text put between a record's prompt and response: ``data.separator`` itself, or from a
+    {category: separator} map its category's entry, else the ``"*"`` entry (else none). The demo model was
+    trained on ``prompt\\nresponse`` text rows but task items without a separator: its default needs both."""
+    if isinstance(separator, str):
+        return separator
+    return separator.get(str(category), separator.get("*", ""))
 
 
 @dataclass
@@ -139,7 +148,7 @@ def encode_record(
         if chat_template:
             p_ids, r_ids = chat_prompt_ids(tokenizer, prompt, split), encode(tokenizer, response, split)
         else:
-            head = prompt + opts.separator if prompt else ""
+            head = prompt + separator_for(opts.separator, record.get("category", "")) if prompt else ""
             p_ids, r_ids, boundary_split = encode_pair(tokenizer, head, response, split)
     else:
         text = str(record.get("text") or "")

@@ -34,6 +34,20 @@ class Unit:
     shards: tuple[str, ...] = ()
 
 
+def seed_entry(entry) -> tuple:
+    """(label, data_seed, mask_seed) of one ``seeds`` entry: a plain seed sets both (label: the seed itself, so
+    such configs keep their artifact keys); ``{data: d, mask: m}`` varies data sampling and masks apart (label
+    ``d<d>m<m>``)."""
+    if isinstance(entry, dict):
+        return f"d{entry['data']}m{entry['mask']}", int(entry["data"]), int(entry["mask"])
+    return entry, entry, entry
+
+
+def seed_labels(config: dict) -> list:
+    """The labels of the run's seeds (the ``seed`` of its units), in config order."""
+    return [seed_entry(e)[0] for e in config["seeds"]]
+
+
 def input_checksums(config: dict) -> dict:
     """Content checksums of the data source (when the config has one) and model files (see
     :func:`headattr.pipeline.workflow.input_checksums`)."""
@@ -130,8 +144,9 @@ def units(config: dict) -> list[Unit]:
     d, o, g = config["data"], config["objective"], config["ig"]
     shard = config["shard"]
     n_layers = model_n_layers(config["model"]["path"]) if shard["layers"] else 1
-    for seed in config["seeds"]:
-        data = data_slice(config, seed)
+    for entry in config["seeds"]:
+        seed, data_seed, mask_seed = seed_entry(entry)
+        data = data_slice(config, data_seed)
         tokens = {
             "data": data,
             "model": config["model"]["path"],
@@ -149,7 +164,7 @@ def units(config: dict) -> list[Unit]:
             "kind": o["kind"],
             "mask_probs": o["mask_probs"],
             "mask_mode": o["mask_mode"],
-            "mask_seed": seed,
+            "mask_seed": mask_seed,
         }
         if o["mask_samples"] > 1:  # only when set, so S = 1 configs keep their artifact keys
             masks["mask_samples"] = o["mask_samples"]
@@ -165,8 +180,8 @@ def units(config: dict) -> list[Unit]:
                 ig["layer_range"] = list(g["layers"])
             slices = {"data": data, "tokens": tokens, "masks": masks, "ig": ig}
             keys = {
-                "data": stage_key(f"seed{seed}", data),
-                "tokens": stage_key(f"seed{seed}", tokens),
+                "data": stage_key(f"seed{data_seed}", data),
+                "tokens": stage_key(f"seed{data_seed}", tokens),
                 "masks": stage_key(f"seed{seed}", masks),
                 "ig": stage_key(f"{method}-seed{seed}", ig),
             }
@@ -206,18 +221,19 @@ def heldout_units(config: dict) -> list[Unit]:
     other = transfer_config(config)
     out = []
     for seed, unit in by_seed.items():
+        data_seed = unit.slices["data"]["data_seed"]
         if other is None:
             data = unit.slices["data"]
             tokens = {**unit.slices["tokens"], "heldout": val["n_samples"]}
             data_key = unit.keys["data"]
         else:
-            data = data_slice(other, seed)
+            data = data_slice(other, data_seed)
             tokens = {**unit.slices["tokens"], "data": data}
-            data_key = stage_key(f"transfer-seed{seed}", data)
+            data_key = stage_key(f"transfer-seed{data_seed}", data)
         masks = {**unit.slices["masks"], "tokens": tokens}
         keys = {
             "data": data_key,
-            "tokens": stage_key(f"heldout-seed{seed}", tokens),
+            "tokens": stage_key(f"heldout-seed{data_seed}", tokens),
             "masks": stage_key(f"heldout-seed{seed}", masks),
         }
         out.append(Unit(seed, "heldout", {"data": data, "tokens": tokens, "masks": masks}, keys))
@@ -257,7 +273,7 @@ def diagnostic_groups(config: dict) -> dict:
     out: dict = {"unit": {}, "seeds": {}, "methods": {}}
     for u in all_units:
         out["unit"][stage_key(u.keys["ig"], diag)] = u.keys["ig"]
-    seeds, methods = config["seeds"], config["ig"]["methods"]
+    seeds, methods = seed_labels(config), config["ig"]["methods"]
     for method in methods:
         for i, a in enumerate(seeds):
             for b in seeds[i + 1 :]:

@@ -20,17 +20,19 @@ from .answer import NO_COMPLETENESS, answer_section
 from .compute import compute_table, total_line
 from .plots import (
     category_heatmaps,
-    convergence_plot,
     head_heatmap,
     layer_consistency,
     matrix_heatmap,
     seed_scatter,
+    split_half_plot,
     topk_bars,
     variance_histogram,
 )
 from .pruning import validation_context
+from .seed_factors import changed_part, seed_factor_table, seed_factor_verdicts
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "report" / "report.md.j2"
+REPORT_DIR = Path(__file__).resolve().parents[2] / "report"
+TEMPLATE = REPORT_DIR / "report.md.j2"
 DEFAULT_GAP_THRESHOLD = 0.01
 
 
@@ -236,8 +238,12 @@ def unit_context(
         }
     )
     out = {"method": method, "seed": seed, "sample_count": _md_table(table), "n_heads": diag["head_variance"].size}
-    out["convergence"] = f"convergence_{tag}.png"
-    convergence_plot(diag["convergence"], f"{method}, seed {seed}", figures_dir / out["convergence"])
+    if "split_half" in diag and len(diag["split_half"]):
+        sh = diag["split_half"]
+        out["split_half_plot"] = f"split_half_{tag}.png"
+        split_half_plot(sh, f"{method}, seed {seed}", figures_dir / out["split_half_plot"])
+        out["split_half"] = _md_table(sh[["n", "half", "metric", "half_median", "reliability", "lo", "hi"]], ".3f")
+        out["n_splits"] = int(sh["n_splits"].iloc[0])
     counts = diag.get("category_counts", {})
     out["correlation"] = None
     if "sample_correlation" in diag:
@@ -273,6 +279,7 @@ def unit_context(
     note = diag.get("category_differences_note", {})
     left_out = note.get("left_out", {})
     out["categories"] = {"figure": cat, "table": None, "tested": ", ".join(note.get("tested", [])), "note": None}
+    out["categories"]["contrasts"] = None
     out["categories"]["p_method"] = P_METHODS.get(note.get("p_method"), "p")
     if "category_differences" in diag:
         diff = diag["category_differences"].head(10)
@@ -282,6 +289,12 @@ def unit_context(
             diff = diff.assign(**{"gap flagged": ["yes" if lab in flagged else "" for lab in diff["label"]]})
             cols.append("gap flagged")
         out["categories"]["table"] = _md_table(diff[cols], ".4g")
+    if "category_contrasts" in diag and len(diag["category_contrasts"]):
+        con = diag["category_contrasts"]
+        cols = ["label", "category", "n_in", "diff", "auc", "p_value", "q_value", "method"]
+        out["categories"]["contrasts"] = _md_table(con.head(10)[cols], ".4g")
+        out["categories"]["n_contrasts"] = int((con["q_value"] < 0.05).sum())
+        out["categories"]["n_contrast_tests"] = len(con)
     if left_out:
         listed = ", ".join(f"{c} ({n} sample{'s' * (n != 1)})" for c, n in left_out.items())
         out["categories"]["note"] = f"Left out of the Kruskal-Wallis test (fewer than 2 samples): {listed}."
@@ -289,6 +302,32 @@ def unit_context(
         out["categories"]["note"] = f"No Kruskal-Wallis test: {note['skipped']}."
     out["mask_ratio"] = _md_table(diag["mask_ratio_agreement"], ".4f") if "mask_ratio_agreement" in diag else None
     return out
+
+
+def _p_method(summaries: list[dict]) -> str | None:
+    """The Kruskal-Wallis p kind that ran (from the units' diagnostics); "mixed" when units differ."""
+    kinds = {s.get("category_test", {}).get("p_method") for s in summaries} - {None}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
+
+
+def kw_replication_context(tests: dict, p_method: str) -> dict | None:
+    """The cross-unit replication of the per-head category test for the report (None with fewer than 2 units)."""
+    from ..analysis.replication import ALPHA, kw_replication
+
+    if len(tests) < 2:
+        return None
+    names = {key: f"{key[0]} seed {key[1]}" for key in tests}
+    rep = kw_replication({names[k]: t for k, t in tests.items()}, {names[k]: k[0] for k in tests})
+    heads = rep["heads"]
+    shown = heads[heads["n_units"] > 0].head(15).rename(columns=lambda c: c.replace("q_", "q ", 1))
+    return {
+        "alpha": ALPHA,
+        "p_method": p_method,
+        "counts": _md_table(rep["counts"]),
+        "heads": _md_table(shown.drop(columns=["max_q"]), ".3g") if len(shown) else None,
+        "summary": rep["summary"],
+        "every_seed": ", ".join(f"{m}: {n}" for m, n in rep["summary"]["every_seed"].items()),
+    }
 
 
 def _topk_notes(ks: dict) -> list[str]:
@@ -351,7 +390,10 @@ def seed_context(meta: dict, diag: dict, figures_dir: Path, label: str = "import
         "correlation": _md_table(pd.DataFrame(rows)),
         "global_pearson": _fmt(s["global"]["pearson"]),
         "global_spearman": _fmt(s["global"]["spearman"]),
-        "bootstrap": _md_table(diag["bootstrap"], ".4f") if "bootstrap" in diag else None,
+        "bootstrap": _md_table(diag["bootstrap"].drop(columns="n_boot", errors="ignore"), ".4f")
+        if "bootstrap" in diag
+        else None,
+        "n_boot": int(diag["bootstrap"]["n_boot"].iloc[0]) if "n_boot" in diag.get("bootstrap", {}) else None,
         "topk": _md_table(tk, ".3g"),
         "topk_notes": _topk_notes(ks),
         "n_heads": n_heads,
@@ -456,7 +498,7 @@ def build_report(
     floor = ig_cfg.get("gap_floor", DEFAULT_GAP_FLOOR)
     thresholds = config.get("diagnostics", {}).get("variance_thresholds", [0.001, 0.005])
     label = importance_label(report_cfg.get("postprocess", "signed"))
-    summaries, unit_ctx, unit_diags = [], [], []
+    summaries, unit_ctx, unit_diags, category_tests = [], [], [], {}
     unit_dirs = list(getattr(inputs, "unit_diag", [None] * len(units)))
     dumps = list(getattr(inputs, "dumps", [None] * len(units)))
     validation = {
@@ -483,12 +525,26 @@ def build_report(
             digest["diagnostics"] = diag["headline"]
             digest["category_test"] = diag.get("category_differences_note", {})
             unit_diags.append(unit_context(unit, diag, figures_dir, thresholds, label, marked))
+            if "category_tests" in diag:
+                category_tests[(unit["method"], unit["seed"])] = diag["category_tests"]
         summaries.append(digest)
-    seed_ctx, seed_heads = [], []
+    seed_ctx, seed_heads, factor_rows = [], [], []
     for meta, diag_dir in zip(seed_pairs, getattr(inputs, "seed_diag", []), strict=True):
         diag = read_tables(diag_dir)
-        seed_ctx.append(seed_context(meta, diag, figures_dir, label))
+        changes = changed_part(config, meta["seed_a"], meta["seed_b"])
+        seed_ctx.append(seed_context(meta, diag, figures_dir, label) | {"changes": changes})
         seed_heads.append({**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, **diag["headline"]})
+        seed_heads[-1]["changes"] = changes
+        if "bootstrap" in diag:
+            rho = diag["bootstrap"].set_index("metric").loc["global_spearman"]
+            factor_rows.append(
+                {**{k: meta[k] for k in ("method", "seed_a", "seed_b")}, "changes": changes}
+                | {"spearman": rho["estimate"], "lo": rho["lo"], "hi": rho["hi"]}
+            )
+    factors = seed_factor_table(factor_rows)
+    seed_factors = None
+    if factors["changes"].nunique() > 1:
+        seed_factors = {"table": _md_table(factors, ".3f"), "verdicts": seed_factor_verdicts(factors)}
     method_ctx, method_heads = [], []
     for meta, diag_dir in zip(method_groups, getattr(inputs, "method_diag", []), strict=True):
         diag = read_tables(diag_dir)
@@ -567,6 +623,7 @@ def build_report(
                 }
             )
     steps_note = steps_ran(summaries)
+    kw = kw_replication_context(category_tests, P_METHODS.get(_p_method(summaries), "p"))
     summary = {
         "run": config["run"],
         "answer": answer,
@@ -582,6 +639,7 @@ def build_report(
         **({"sparse_validation": sparse_head} if sparse_head else {}),
         "compute": compute.astype(object).where(compute.notna(), None).to_dict("records"),
         "dispersion_spearman": disp.to_dict("records"),
+        **({"category_replication": kw["summary"]} if kw else {}),
         "transfer": transfer_note(config) or None,
     }
     context = {
@@ -604,12 +662,14 @@ def build_report(
         "top_k": top_k,
         "units": unit_ctx,
         "unit_diags": unit_diags,
-        "n_boot": config.get("diagnostics", {}).get("n_boot", 200),
+        "n_boot": config.get("diagnostics", {}).get("n_boot", 2000),
         "method_diags": method_ctx,
         "seed_diags": seed_ctx,
         "validations": val_ctx,
         "task_validation": task_ctx,
         "sparse_validation": sparse_ctx,
+        "kw_replication": kw,
+        "seed_factors": seed_factors,
         "settings_yaml": yaml.safe_dump(config, sort_keys=False),
     }
     text = render(context, template)

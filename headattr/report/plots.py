@@ -77,9 +77,12 @@ def category_order(groups) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
     return order, blocks
 
 
-def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None, groups=None) -> Path:
+def matrix_heatmap(
+    matrix: np.ndarray, title: str, path, label: str = "Pearson r", center=None, groups=None, names=None
+) -> Path:
     """A square matrix (e.g. the per-sample correlation matrix); with ``groups`` (a category per row) the rows
-    and columns are ordered by category and the blocks are outlined and named."""
+    and columns are ordered by category and the blocks are outlined and named; with ``names`` (one per row, e.g.
+    sweep points) every row and column is labelled with its name."""
     n = matrix.shape[0]
     blocks = []
     if groups is not None and len(groups) == n:
@@ -95,6 +98,9 @@ def matrix_heatmap(matrix: np.ndarray, title: str, path, label: str = "Pearson r
         ax.set_xticks(mids, names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(mids, names, rotation=0, fontsize=8)
         ax.set_xlabel("samples by category (n)")
+    elif names is not None:
+        ax.set_xticks(np.arange(n) + 0.5, names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(np.arange(n) + 0.5, names, rotation=0, fontsize=7)
     else:
         step = max(1, n // 16)
         ticks = np.arange(0, n, step)
@@ -127,21 +133,24 @@ def variance_histogram(variance: np.ndarray, thresholds, title: str, path) -> Pa
     return _save(fig, path)
 
 
-def convergence_plot(curve, title: str, path) -> Path:
-    """Agreement of the first-n-sample mean with the all-N mean vs n, with bootstrap bands; a tick at every n."""
+def split_half_plot(table, title: str, path) -> Path:
+    """Split-half reliability (Spearman-Brown) of an n-sample mean vs n, with the spread over splits; a tick at
+    every n and a line at 0 (what a pure-noise ranking gives)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for metric, part in curve.groupby("metric"):
-        ax.plot(part["n"], part["mean"], marker="o", label=metric.replace("_", " "))
+    for metric, part in table.groupby("metric"):
+        ax.plot(part["n"], part["reliability"], marker="o", label=metric)
         ax.fill_between(part["n"], part["lo"], part["hi"], alpha=0.2)
-    ns = sorted({int(n) for n in curve["n"]})
+    ns = sorted({int(n) for n in table["n"]})
+    ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(ns))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(ns, [str(n) for n in ns])
-    ax.set_xlabel(f"samples n (of N = {ns[-1]})")
-    ax.set_ylabel("agreement with all N")
+    n_total = int(table["N"].iloc[0])
+    ax.set_xlabel(f"samples n (two disjoint halves of n / 2; N = {n_total})")
+    ax.set_ylabel("split-half reliability")
     ax.legend(fontsize=8)
-    ax.set_title(f"{title}, N = {ns[-1]}")
+    ax.set_title(f"{title}, N = {n_total}")
     return _save(fig, path)
 
 

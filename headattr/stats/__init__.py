@@ -18,7 +18,6 @@ from headattr.stats.nulls import (
 )
 from headattr.stats.samples import (
     as_per_sample,
-    convergence_curve,
     head_variance,
     offdiag_summary,
     sample_correlation_matrix,
@@ -38,8 +37,11 @@ from headattr.stats.similarity import (
     topk_indices,
     topk_overlap,
 )
+from headattr.stats.split_half import spearman_brown, split_half_reliability
 
 __all__ = [
+    "spearman_brown",
+    "split_half_reliability",
     "RANK_BY",
     "BootstrapInterval",
     "PermutationResult",
@@ -49,7 +51,6 @@ __all__ = [
     "bootstrap_ci",
     "category_differences",
     "category_means",
-    "convergence_curve",
     "cosine",
     "cross_seed_bootstrap",
     "cross_seed_consistency",

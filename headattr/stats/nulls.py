@@ -6,7 +6,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap, hypergeom, norm
+from scipy.stats import bootstrap, hypergeom
+
+from headattr.stats.mc_error import MC95, interval_mc_se, jackknife_acceleration, normal_ends
 
 
 class PermutationResult(NamedTuple):
@@ -96,25 +98,29 @@ def nan_percentile_interval(draws, level: float = 0.95) -> tuple:
 
 
 class BootstrapInterval(NamedTuple):
-    """Per statistic: estimate on the full data, interval lo/hi, the method that gave it, and the bootstrap
-    bias (mean draw - estimate)."""
+    """Per statistic: estimate on the full data, interval lo/hi, the method that gave it, the bootstrap
+    bias (mean draw - estimate) and the Monte-Carlo error of each end (half-width of a 95 % Monte-Carlo interval,
+    :mod:`headattr.stats.mc_error`; 0 where the draws are constant)."""
 
     estimate: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     method: list[str]
     bias: np.ndarray
+    mc_lo: np.ndarray
+    mc_hi: np.ndarray
 
 
 BCA = "BCa"
 NORMAL = "normal"
 NORMAL_FISHER = "normal (Fisher z)"
+N_BOOT = 2000  # at 200 draws a BCa end at level ~0.998 is the largest draw; 2,000 keeps ends inside the draws
 
 
 def bca_interval(
     sizes: Sequence[int],
     stat_fn: Callable[..., Sequence[float]],
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
     fisher: bool | Sequence[bool] = False,
@@ -127,7 +133,8 @@ def bca_interval(
     beyond that (or where BCa is undefined, e.g. constant draws, or collapses to a point on discrete draws that
     spread) the interval is the normal one,
     estimate +- z * bootstrap SE, on Fisher's z scale when ``fisher`` (correlations: it stays in [-1, 1]; one
-    flag for all statistics or one per statistic). ``method`` says which, per statistic.
+    flag for all statistics or one per statistic). ``method`` says which, per statistic; ``mc_lo`` / ``mc_hi``
+    the Monte-Carlo error of the ends (:func:`headattr.stats.mc_error.interval_mc_se`, times 1.96).
     """
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -137,7 +144,7 @@ def bca_interval(
     estimate = np.atleast_1d(np.asarray(stat_fn(*full), dtype=float))
     if min(sizes) < 2:  # nothing to resample
         nan = np.full(estimate.shape, np.nan)
-        return BootstrapInterval(estimate, nan, nan.copy(), ["n/a"] * estimate.size, nan.copy())
+        return BootstrapInterval(estimate, nan, nan.copy(), ["n/a"] * estimate.size, *(nan.copy() for _ in range(3)))
 
     def statistic(*idx):
         return np.asarray(stat_fn(*(np.asarray(i).astype(int) for i in idx)), dtype=float)
@@ -158,31 +165,25 @@ def bca_interval(
     hi = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=float))
     draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimate.size, -1)
     ok = np.isfinite(lo) & np.isfinite(hi) & (lo <= estimate) & (estimate <= hi)
-    lim = 1 - 1e-12
     fz = np.broadcast_to(np.asarray(fisher, dtype=bool), estimate.shape)
-
-    def to_z(x):
-        x = np.asarray(x, dtype=float)
-        mask = fz.reshape(fz.shape + (1,) * (x.ndim - 1))
-        return np.where(mask, np.arctanh(np.clip(x, -lim, lim)), x)
-
-    def from_z(x):
-        return np.where(fz, np.tanh(x), x)
-
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        finite = np.where(np.isfinite(draws), to_z(draws), np.nan)
-        se = np.nanstd(finite, axis=1, ddof=1)
         bias = np.nanmean(draws, axis=1) - estimate
+        spread = np.nanstd(draws, axis=1, ddof=1)
     constant = np.all(draws == draws[:, :1], axis=1)  # std of equal floats can round to a few ulp, not 0
-    se = np.where(np.isfinite(se) & ~constant, se, 0.0)
-    ok &= (hi > lo) | (se == 0)  # BCa collapsed onto a point mass of the draws although they spread
-    half = norm.ppf(0.5 + level / 2) * se
-    centre = to_z(estimate)
-    lo = np.where(ok, lo, np.where(half == 0, estimate, from_z(centre - half)))  # constant draws: the estimate
-    hi = np.where(ok, hi, np.where(half == 0, estimate, from_z(centre + half)))
+    spread = np.where(np.isfinite(spread) & ~constant, spread, 0.0)
+    ok &= (hi > lo) | (spread == 0)  # BCa collapsed onto a point mass of the draws although they spread
+    normal_lo, normal_hi = normal_ends(draws, estimate, level, fz)
+    lo = np.where(ok, lo, np.where(spread == 0, estimate, normal_lo))  # constant draws: the estimate
+    hi = np.where(ok, hi, np.where(spread == 0, estimate, normal_hi))
     method = [
         BCA if good else (NORMAL_FISHER if f else NORMAL) if np.isfinite(e) else "n/a"
         for good, e, f in zip(ok, estimate, fz, strict=True)
     ]
-    return BootstrapInterval(estimate, lo, hi, method, bias)
+    accel = jackknife_acceleration([int(n) for n in sizes], statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        se_lo, se_hi = interval_mc_se(draws, estimate, accel, level, ok, fz, seed=seed)
+    zero = spread == 0
+    mc_lo, mc_hi = np.where(zero, 0.0, MC95 * se_lo), np.where(zero, 0.0, MC95 * se_hi)
+    return BootstrapInterval(estimate, lo, hi, method, bias, mc_lo, mc_hi)

@@ -1,5 +1,5 @@
 """Per-sample structure of attributions: sample-sample correlation, per-head variance, and how many
-samples are needed for the aggregate scores to settle.
+samples are needed for the aggregate scores to settle (split-half reliability: headattr.stats.split_half).
 
 `per_sample` is [n_samples, n_layers, n_heads], or [n_samples, n_p, n_layers, n_heads], which is
 averaged over mask probabilities first.
@@ -10,7 +10,6 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from headattr.stats.nulls import nan_percentile_interval
 from headattr.stats.similarity import agreement, rowwise_pearson
 
 DEFAULT_NS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -131,41 +130,3 @@ def sample_count_agreement(
         row |= {f"diff_{k}": sub_stats[k] - full_stats[k] for k in sub_stats}
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def convergence_curve(
-    per_sample,
-    ns: Iterable[int] | None = None,
-    n_boot: int = 200,
-    seed: int = 0,
-    ks: Iterable[int] = (10,),
-    rank_by: str = "importance",
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """Agreement of an n-sample mean with the all-N mean, over random sample orderings.
-
-    Each draw permutes the samples and compares the mean of its first n with the mean of all N (i.e.
-    random subsets without replacement). Long DataFrame: n, metric, mean, lo, hi (percentile interval at
-    `level`), for metrics pearson, spearman, cosine, top{k}_overlap.
-    """
-    x = as_per_sample(per_sample)
-    n_total = x.shape[0]
-    flat = x.reshape(n_total, -1)
-    full = flat.mean(axis=0)
-    ns = _resolve_ns(ns, n_total)
-    ks = list(ks)
-    rng = np.random.default_rng(seed)
-    draws: dict[int, list[dict]] = {n: [] for n in ns}
-    for _ in range(n_boot):
-        csum = np.cumsum(flat[rng.permutation(n_total)], axis=0)
-        for n in ns:
-            draws[n].append(agreement(csum[n - 1] / n, full, ks, rank_by))
-    rows = []
-    for n in ns:
-        frame = pd.DataFrame(draws[n])
-        for metric in frame.columns:
-            values = frame[metric].to_numpy(dtype=float)
-            lo, hi = nan_percentile_interval(values, level)
-            mean = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else np.nan
-            rows.append({"n": n, "metric": metric, "mean": mean, "lo": lo, "hi": hi})
-    return pd.DataFrame(rows, columns=["n", "metric", "mean", "lo", "hi"])

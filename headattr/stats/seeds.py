@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import hypergeom
 
-from headattr.stats.nulls import bca_interval, random_topk_overlap_expected
+from headattr.stats.nulls import N_BOOT, bca_interval, random_topk_overlap_expected
 from headattr.stats.samples import as_per_sample
 from headattr.stats.similarity import (
     RANK_BY,
@@ -104,7 +104,7 @@ def cross_seed_consistency(
     ks: Iterable[int] = DEFAULT_KS,
     depth_bins: int | Sequence[Sequence[int]] = 4,
     rank_by: str = "importance",
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     n_perm: int = 1000,
     seed: int = 0,
     labels: tuple[str, str] = ("a", "b"),
@@ -150,6 +150,7 @@ def cross_seed_consistency(
         if n_boot > 0 and values.size:
             ci = bca_interval([values.size], lambda i, v=values: [v[i].mean()], n_boot, seed, fisher=True)
             summary[metric] |= {"mean_lo": float(ci.lo[0]), "mean_hi": float(ci.hi[0]), "mean_ci": ci.method[0]}
+            summary[metric] |= {"mean_lo_mc": float(ci.mc_lo[0]), "mean_hi_mc": float(ci.mc_hi[0])}
 
     topk_rows = []
     for k in ks:
@@ -228,14 +229,15 @@ def _nan_mean(values) -> float:
 
 
 def cross_seed_bootstrap(
-    per_sample_a, per_sample_b, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    per_sample_a, per_sample_b, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
     """Bootstrap CIs for the headline cross-seed numbers, resampling each seed's samples independently.
 
     Inputs are [n, L, H] (or [n, P, L, H]) per-sample attributions of the two runs (n may differ).
     Returns a DataFrame metric (mean_layer_pearson, global_pearson, mean_layer_spearman,
     global_spearman), estimate (on the full data), lo, hi, method (BCa, or the normal interval on Fisher's z
-    where BCa would leave the estimate out: :func:`~headattr.stats.nulls.bca_interval`) and bias (mean draw -
+    where BCa would leave the estimate out: :func:`~headattr.stats.nulls.bca_interval`), lo_mc / hi_mc (the
+    Monte-Carlo error of each end, 95 % half-width), n_boot and bias (mean draw -
     estimate; resampling with replacement repeats samples, which adds noise to both means and pulls
     correlations down).
     """
@@ -256,5 +258,15 @@ def cross_seed_bootstrap(
     ci = bca_interval([x.shape[0], y.shape[0]], stats, n_boot, seed, level, fisher=True)
     names = ["mean_layer_pearson", "global_pearson", "mean_layer_spearman", "global_spearman"]
     return pd.DataFrame(
-        {"metric": names, "estimate": ci.estimate, "lo": ci.lo, "hi": ci.hi, "method": ci.method, "bias": ci.bias}
+        {
+            "metric": names,
+            "estimate": ci.estimate,
+            "lo": ci.lo,
+            "hi": ci.hi,
+            "method": ci.method,
+            "bias": ci.bias,
+            "lo_mc": ci.mc_lo,
+            "hi_mc": ci.mc_hi,
+            "n_boot": n_boot,
+        }
     )

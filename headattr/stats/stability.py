@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from headattr.stats.nulls import bca_interval
+from headattr.stats.nulls import N_BOOT, bca_interval
 from headattr.stats.similarity import pearson, rowwise_pearson, rowwise_spearman, spearman, topk_overlap
 
 
@@ -39,14 +39,15 @@ def agreement_vector(a, b, topk, layer_topk: int) -> np.ndarray:
 
 
 def pair_stability(
-    a, b, paired: bool, topk=(5, 10), layer_topk: int = 2, n_boot: int = 200, seed: int = 0, level: float = 0.95
+    a, b, paired: bool, topk=(5, 10), layer_topk: int = 2, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95
 ) -> pd.DataFrame:
     """Agreement of the mean rankings of per-sample importance ``a`` [Na, L, H] and ``b`` [Nb, L, H].
 
     ``paired``: the same samples in the same order (resampled together); otherwise each is resampled on its
     own. Returns rows scope ("global" | "layer"), layer, metric, value, ci_low, ci_high, ci_method: BCa at
     ``level`` where it contains the estimate, else the normal interval with the bootstrap SE, on Fisher's z for
-    the correlations (:func:`headattr.stats.nulls.bca_interval`).
+    the correlations (:func:`headattr.stats.nulls.bca_interval`), and ci_low_mc / ci_high_mc, the Monte-Carlo
+    error of each end (95 % half-width).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape[1:] != b.shape[1:]:
@@ -73,6 +74,8 @@ def pair_stability(
             "ci_low": ci.lo,
             "ci_high": ci.hi,
             "ci_method": ci.method,
+            "ci_low_mc": ci.mc_lo,
+            "ci_high_mc": ci.mc_hi,
         }
     )
 

@@ -26,6 +26,21 @@ class Point:
     values: dict
     config: dict
     labels: dict
+    noise_floor: bool = False
+
+
+NOISE_FLOOR = "noise-floor"
+
+
+def noise_floor_point(reference: Point, validate) -> Point:
+    """The reference point with every seed's mask seed + 1 (data draw kept): how far two runs that differ only in
+    the masks agree, the floor each agreement of the sweep is read against."""
+    from ..pipeline.keys import seed_entry
+
+    config = copy.deepcopy(reference.config)
+    config["seeds"] = [{"data": d, "mask": m + 1} for _, d, m in map(seed_entry, config["seeds"])]
+    validate(config)
+    return Point(NOISE_FLOOR, dict(reference.values), config, dict(reference.labels), noise_floor=True)
 
 
 def value_label(value) -> str:
@@ -133,7 +148,9 @@ def sweep_points(config: dict, validate) -> list[Point]:
             bad = ", ".join(f"sweep.axes.{n} ({axes[n][0]}={value_label(v)!s})" for n, v in values.items())
             raise ConfigError(f"sweep point {bad}: {exc}") from None
         points.append(Point(point_name(labels), values, point, labels))
-    reference_point(config, points)
+    reference = reference_point(config, points)
+    if config["sweep"].get("noise_floor", True):
+        points.append(noise_floor_point(reference, validate))
     return points
 
 
@@ -151,7 +168,7 @@ def reference_point(config: dict, points: list[Point]) -> Point:
         return value_label(point.values[axis]) == value_label(given[axis]) or point.labels[axis] == given[axis]
 
     for point in points:
-        if all(matches(point, axis) for axis in axes):
+        if not point.noise_floor and all(matches(point, axis) for axis in axes):
             return point
     raise ConfigError(f"sweep.reference: {given!r} is not a point of the sweep")
 
@@ -190,6 +207,7 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
                     "point": point.name,
                     "method": method,
                     "values": dict(point.labels),
+                    "noise_floor": point.noise_floor,
                     "ig": by_method[method],
                     "benchmarks": benchmarks[method],
                     "manifests": manifests[method],
@@ -214,6 +232,9 @@ def sweep_plan(config: dict, points: list[Point]) -> dict:
         }
         for name, axis in config["sweep"]["axes"].items()
     }
+    if not any(p.noise_floor for p in points):  # only when it has one, so plans without it keep their keys
+        for e in entities:
+            del e["noise_floor"]
     plan = {
         "entities": entities,
         "validation": validation,

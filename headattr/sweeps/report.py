@@ -24,8 +24,17 @@ def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     return "\n".join(lines) + "\n"
 
 
-def sensitivity_plot(df: pd.DataFrame, axis: str, path) -> Path:
-    """Global Spearman (with its interval) of each value of ``axis`` with the reference point."""
+def sensitivity_ylim(df: pd.DataFrame) -> tuple[float, float]:
+    """One y range for every axis's sensitivity panel (Spearman intervals and the noise floor), so panels compare."""
+    rows = df[df["metric"] == "spearman"]
+    values = pd.concat([rows["ci_low"], rows["value"], rows.get("noise_floor", pd.Series(dtype=float))]).dropna()
+    low = float(values.min()) if len(values) else 0.0
+    return min(low, 0.0) - 0.05, 1.05
+
+
+def sensitivity_plot(df: pd.DataFrame, axis: str, path, ylim=None) -> Path:
+    """Global Spearman (with its interval) of each value of ``axis`` with the reference point, the noise floor as
+    a dashed line, on the y range ``ylim`` shared by all axes' panels."""
     rows = df[(df["axis"] == axis) & (df["metric"] == "spearman")]
     fig, ax = plots.plt.subplots(figsize=(max(4, 0.8 * len(rows) + 2), 3.5))
     x = range(len(rows))
@@ -36,10 +45,39 @@ def sensitivity_plot(df: pd.DataFrame, axis: str, path) -> Path:
         fmt="o",
         capsize=3,
     )
+    if "noise_floor" in rows and rows["noise_floor"].notna().any():
+        ax.axhline(float(rows["noise_floor"].dropna().iloc[0]), color="grey", ls="--", lw=1, label="noise floor")
+        ax.legend(fontsize=8)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xticks(list(x), rows["label"], rotation=30, ha="right")
     ax.set_ylabel("Spearman with the reference")
     ax.set_title(f"sensitivity to {axis}")
     return plots._save(fig, path)
+
+
+def pair_intervals(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Global Spearman of every pair with its interval, method and the Monte-Carlo error of the ends."""
+    rows = pairs[(pairs["scope"] == "global") & (pairs["metric"] == "spearman")]
+    cols = [c for c in ("a", "b", "value", "ci_low", "ci_high", "ci_method", "ci_low_mc", "ci_high_mc") if c in rows]
+    return rows[cols].reset_index(drop=True)
+
+
+def noise_floor_markdown(tables: dict) -> list[str]:
+    """The noise floor (reference vs the reference with other mask seeds) and the rows that fall below it."""
+    floor = tables.get("noise_floor", pd.DataFrame())
+    if floor.empty:
+        return []
+    sens = tables["sensitivity"]
+    below = sens[(sens["metric"] == "spearman") & sens["below_floor"].astype(bool)]
+    listed = ", ".join(f"`{label}`" for label in below["label"]) or "none"
+    cols = ["method", "metric", "value", "ci_low", "ci_high", "ci_method"]
+    return [
+        "Noise floor: the reference against itself with every mask seed + 1 (same data, point `noise-floor`); an "
+        "agreement is only a change of the ranking when its interval lies below the floor's. Spearman intervals "
+        f"below the floor: {listed}.\n",
+        _md(floor[floor["metric"].isin(["spearman", "pearson"])][cols]),
+    ]
 
 
 def transfer_markdown(transfer: pd.DataFrame) -> list[str]:
@@ -83,9 +121,12 @@ def write_sweep_report(
     labels = [e["label"] for e in plan["entities"]]
     figures = Path(figures_dir)
     mat = stability_matrix(tables["pairs"], labels)
-    plots.matrix_heatmap(mat, "Spearman between sweep points", figures / "stability_matrix.png", "Spearman")
+    plots.matrix_heatmap(
+        mat, "Spearman between sweep points", figures / "stability_matrix.png", "Spearman", names=labels
+    )
+    ylim = sensitivity_ylim(tables["sensitivity"])
     for axis in plan["axes"]:
-        sensitivity_plot(tables["sensitivity"], axis, figures / f"sensitivity_{axis}.png")
+        sensitivity_plot(tables["sensitivity"], axis, figures / f"sensitivity_{axis}.png", ylim)
     axes = pd.DataFrame(
         [{"axis": n, "key": a["key"], "values": ", ".join(a["values"])} for n, a in plan["axes"].items()]
     )
@@ -106,6 +147,9 @@ def write_sweep_report(
         "![stability matrix](figures/stability_matrix.png)\n",
         "## Sensitivity (agreement with the reference)\n",
         _md(wide.reset_index()),
+        *noise_floor_markdown(tables),
+        "## Pairs (global Spearman, 95 % interval; all metrics in `pairs.csv`)\n",
+        _md(pair_intervals(tables["pairs"])),
         *(f"![sensitivity to {a}](figures/sensitivity_{a}.png)\n" for a in plan["axes"]),
         f"## Convergence (Spearman with the largest value; tolerance {s['tolerance']})\n",
         _md(tables["convergence"]),

@@ -6,6 +6,9 @@
   estimate the normal interval on Fisher's z (``ci_method``).
 - ``sensitivity``: per axis and value, the global agreement with the reference point (other axes at the
   reference's values in grid mode).
+- ``noise_floor``: per method, the global agreement of the reference with itself under other mask seeds (the
+  ``noise-floor`` point, ``sweep.noise_floor``); ``sensitivity`` rows carry it as ``noise_floor`` and flag
+  ``below_floor`` where the row's interval lies below the floor's.
 - ``convergence``: along each numeric axis, Spearman with the largest value and the smallest value from which on
   it stays >= ``sweep.tolerance``.
 - ``aopc``: held-out pruning AOPC per point, method, mode and order (mean over seeds), from the validation summaries.
@@ -62,17 +65,41 @@ class Comparer:
 
 
 def _reference_entity(plan: dict, entity: dict) -> dict:
-    ref = [e for e in plan["entities"] if e["point"] == plan["reference"]]
+    ref = [e for e in plan["entities"] if e["point"] == plan["reference"] and not e.get("noise_floor")]
     same = [e for e in ref if e["method"] == entity["method"]]
     return (same or ref)[0]
 
 
 def _axis_slice(plan: dict, axis: str) -> list[dict]:
     """Entities that vary only along ``axis`` from the reference (grid), or every entity (zip)."""
+    swept = [e for e in plan["entities"] if not e.get("noise_floor")]
     if plan["mode"] == "zip":
-        return list(plan["entities"])
+        return swept
     ref = _reference_entity(plan, plan["entities"][0])["values"]
-    return [e for e in plan["entities"] if all(v == ref[n] for n, v in e["values"].items() if n != axis)]
+    return [e for e in swept if all(v == ref[n] for n, v in e["values"].items() if n != axis)]
+
+
+def noise_floor_table(plan: dict, compare: Comparer) -> pd.DataFrame:
+    """Per method: the global agreement (value, interval) of the noise-floor entity (the reference with other
+    mask seeds) with the reference; empty without one."""
+    rows = []
+    for entity in (e for e in plan["entities"] if e.get("noise_floor")):
+        ref = _reference_entity(plan, entity)
+        stab = _global(compare(entity["label"], ref["label"]))
+        rows += [{"method": entity["method"], "reference": ref["label"]} | r for r in stab.to_dict("records")]
+    columns = ["method", "reference", "metric", "value", "ci_low", "ci_high", "ci_method", "ci_low_mc", "ci_high_mc"]
+    return pd.DataFrame(rows, columns=columns)  # with its columns when empty: an empty CSV would not read back
+
+
+def with_noise_floor(sensitivity: pd.DataFrame, floor: pd.DataFrame) -> pd.DataFrame:
+    """``sensitivity`` with noise_floor (the floor's value of the same metric and reference) and below_floor
+    (the row's upper end under the floor's lower end: the axis value moves the ranking beyond mask noise)."""
+    if floor.empty or sensitivity.empty:
+        return sensitivity
+    f = floor[["reference", "metric", "value", "ci_low"]].rename(columns={"value": "noise_floor", "ci_low": "_f_lo"})
+    out = sensitivity.merge(f, on=["reference", "metric"], how="left")
+    out["below_floor"] = out["ci_high"] < out["_f_lo"]
+    return out.drop(columns="_f_lo")
 
 
 def _global(df: pd.DataFrame) -> pd.DataFrame:
@@ -260,7 +287,8 @@ def sweep_tables(
     return {
         "points": points,
         "pairs": pd.concat(pairs)[columns] if pairs else pd.DataFrame(columns=columns),
-        "sensitivity": sensitivity_table(plan, compare),
+        "sensitivity": with_noise_floor(sensitivity_table(plan, compare), noise_floor_table(plan, compare)),
+        "noise_floor": noise_floor_table(plan, compare),
         "convergence": convergence_table(plan, compare, plan["settings"]["tolerance"]),
         "aopc": aopc,
         "transfer": transfer_table(plan, aopc),
