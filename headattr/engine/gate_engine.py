@@ -25,6 +25,7 @@ import torch
 
 from ..errors import NonFiniteError
 from ..models.adapters import Adapter
+from ..models.checkpointing import checkpointed_layers, layer_checkpointing
 from ..models.gates import HeadGates
 from ..objective.loss import ScoredInput, token_cross_entropy
 from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
@@ -73,6 +74,10 @@ class GateEngine:
             :func:`default_memory_budget`.
         attention_cache (bool): with ``prefix_cache``, replay the cached attention of a row's first layer where
             the adapter allows (see :mod:`headattr.engine.prefix`). Default: True.
+        activation_checkpointing (str): ``none``, ``whole_layer`` or ``every_k`` (every ``checkpoint_every``-th
+            layer) for gradient passes (see :mod:`headattr.models.checkpointing`): less activation memory per row,
+            one more forward of the checkpointed layers; same gradients. Default: none.
+        checkpoint_every (int): k of ``every_k``. Default: 1.
 
     Attributes:
         counts (:class:`headattr.engine.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
@@ -87,6 +92,8 @@ class GateEngine:
         prefix_cache: bool = True,
         memory_budget: int | None = None,
         attention_cache: bool = True,
+        activation_checkpointing: str = "none",
+        checkpoint_every: int = 1,
     ):
         if rows_per_pass is not None and rows_per_pass < 1:
             raise ValueError("rows_per_pass must be >= 1 (or None for the memory-budget chooser)")
@@ -101,6 +108,9 @@ class GateEngine:
         self.prefix_cache = bool(prefix_cache)
         self.attention_cache = bool(attention_cache) and self.prefix_cache
         self.memory_budget = memory_budget
+        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = int(checkpoint_every)
+        self._checkpointed = checkpointed_layers(adapter.n_layers, activation_checkpointing, checkpoint_every)
         self._stack = LayerStack(adapter) if self.prefix_cache else None
         self._prefix: _Prefix | None = None
         self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
@@ -284,6 +294,7 @@ class GateEngine:
         self._selection = (sel_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
         suffix, replay = nullcontext(), None
+        recompute = layer_checkpointing(self.adapter, self._checkpointed) if grad else nullcontext()
         if layer > 0:
             cached = self._prefix.hidden[layer]
             if layer in self._prefix.attention:
@@ -291,7 +302,7 @@ class GateEngine:
                 replay = (form, lambda: z[row_p.to(z.device)])
             suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)], replay)
         try:
-            with torch.set_grad_enabled(grad), self._autocast(), suffix as calls:
+            with torch.set_grad_enabled(grad), self._autocast(), recompute, suffix as calls:
                 out = self.model(**self.adapter.model_inputs(ids), **self._extra_inputs)
                 expected = [layer] + (["attention"] if replay else [])  # layer l's pre-hook fires before its attention
                 if layer > 0 and calls != expected:
@@ -321,13 +332,16 @@ AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 
 def engine_for(adapter: Adapter, model_cfg: dict, engine_cfg: dict) -> GateEngine:
-    """The workflow's engine: ``engine_cfg`` {rows_per_pass, memory_budget_gib}, ``model_cfg['autocast']``."""
+    """The workflow's engine: ``engine_cfg`` {rows_per_pass, memory_budget_gib}, ``model_cfg`` {autocast,
+    activation_checkpointing, checkpoint_every}."""
     budget = engine_cfg.get("memory_budget_gib")
     return GateEngine(
         adapter,
         rows_per_pass=engine_cfg.get("rows_per_pass"),
         autocast_dtype=AUTOCAST_DTYPES[model_cfg.get("autocast")],
         memory_budget=None if budget is None else int(budget * 2**30),
+        activation_checkpointing=model_cfg.get("activation_checkpointing") or "none",
+        checkpoint_every=model_cfg.get("checkpoint_every") or 1,
     )
 
 
