@@ -28,7 +28,7 @@ from ..models.adapters import Adapter
 from ..models.checkpointing import checkpointed_layers, layer_checkpointing
 from ..models.gates import HeadGates
 from ..objective.loss import ScoredInput, token_cross_entropy
-from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
+from .cost import PassCounts, activation_bytes, attention_part, choose_rows, dims_from_model
 from .prefix import LayerStack
 
 MAX_AUTO_ROWS = 256
@@ -187,13 +187,17 @@ class GateEngine:
         if self._dims is None:
             return 16
         attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "eager")
-        per_row = row_bytes(
+        start = self.adapter.n_layers - layers_run
+        checkpointed = [i for i in self._checkpointed if i >= start] if grad else []
+        per_row = activation_bytes(
             self._dims,
             scored.input_ids.shape[1],
             layers_run,
             max(scored.n_scored),
-            grad,
-            attention_matrix=self.device.type != "cuda" or attn == "eager",
+            grad=grad,
+            fused_attention=attn not in (None, "eager"),
+            checkpointed=len(checkpointed),
+            first_checkpointed=start in checkpointed,
         )
         budget = self.memory_budget if self.memory_budget is not None else default_memory_budget(self.device)
         return choose_rows(budget, per_row, MAX_AUTO_ROWS)
