@@ -90,7 +90,7 @@ def test_run_over_its_budget_fails_at_parse_naming_the_knobs(project):
     message = str(info.value)
     for knob in ("ig.memory_budget_gib", "ig.rows_per_pass", "model.activation_checkpointing: whole_layer"):
         assert knob in message, message
-    assert f"{need / 2**30:.2f} GiB" in message
+    assert f"needs {need / 2**20:.1f} MiB" in message and f"whole_layer ({ckpt / 2**20:.1f} MiB)" in message
     validate_config(_config(project, ig__memory_budget_gib=1.01 * need / 2**30), project)
     between = (ckpt + need) / 2 / 2**30
     validate_config(
@@ -112,3 +112,39 @@ def test_job_budget_is_the_configured_one_or_none_on_cpu():
     model = {"path": "m", "device": "cpu", "dtype": "float32"}
     assert job_budget(model, {"memory_budget_gib": 0.5}) == (2**29, "ig.memory_budget_gib")
     assert job_budget(model, {"memory_budget_gib": None}) is None
+
+
+def test_cuda_default_budget_is_free_memory_less_the_weights(project, monkeypatch):
+    """With ig.memory_budget_gib null on CUDA the job's budget is the engine default less the weights to load."""
+    import torch
+
+    from headattr.engine import gate_engine
+    from headattr.models import loading
+
+    monkeypatch.setattr(loading, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(gate_engine, "default_memory_budget", lambda device: 10 * 2**30)
+    model = {"path": "tiny-model", "device": "auto", "dtype": "float32"}
+    dims = model_dims(model, project)
+    weights = (dims.n_layers * dims.layer_params + 2 * dims.vocab * dims.hidden) * 4
+    budget, source = job_budget(model, {"memory_budget_gib": None}, project)
+    assert budget == 10 * 2**30 - weights and "cuda:0" in source and "ig.memory_budget_gib null" in source
+
+
+def test_attribute_job_over_budget_fails_before_loading_the_model(project, monkeypatch, tmp_path):
+    """stages.attribute checks the budget (here 1 KiB) before it loads any weights."""
+    import numpy as np
+
+    from headattr.data.samples import Sample, pack_samples
+    from headattr.objective.masking import draw_masks, pack_masks
+    from headattr.pipeline import stages
+    from headattr.pipeline.dumps import save_npz
+
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(stages, "load_adapter", lambda cfg: pytest.fail("the model was loaded"))
+    samples = [Sample("s0", np.arange(5, 25), 2, 20, "a")]
+    save_npz(tmp_path / "tokens.npz", pack_samples(samples))
+    save_npz(tmp_path / "masks.npz", pack_masks(samples, draw_masks(samples, [0.5], "bernoulli", 1), [0.5]))
+    model = {"path": "tiny-model", "device": "cpu", "dtype": "float32"}
+    engine = {"rows_per_pass": 4, "memory_budget_gib": 2**-20}
+    with pytest.raises(ConfigError, match="ig.memory_budget_gib: the largest IG pass"):
+        stages.attribute(tmp_path / "tokens.npz", tmp_path / "masks.npz", model, {"mask_probs": [0.5]}, engine, "x")

@@ -18,6 +18,10 @@ from .cost import ModelDims, activation_bytes
 GIB = 2**30
 
 
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 def largest_pass_bytes(
     dims: ModelDims,
     seq_len: int,
@@ -62,10 +66,10 @@ def check_fits(
         knobs.append("lower ig.rows_per_pass (or null: as many as fit)")
     if checkpointing != "whole_layer":
         saved = largest_pass_bytes(dims, seq_len, max_mask_prob, rows, fused_attention, "whole_layer")
-        knobs.append(f"set model.activation_checkpointing: whole_layer ({saved / GIB:.2f} GiB)")
+        knobs.append(f"set model.activation_checkpointing: whole_layer ({_size(saved)})")
     knobs.append("lower data.max_len")
     raise ConfigError(
-        f"ig.memory_budget_gib: the largest IG pass needs {need / GIB:.2f} GiB of activations ({rows} row(s) of "
+        f"ig.memory_budget_gib: the largest IG pass needs {_size(need)} of activations ({rows} row(s) of "
         f"{seq_len} tokens through {dims.n_layers} layers, model.activation_checkpointing {checkpointing}) but the "
-        f"budget ({budget_source}) is {budget_bytes / GIB:.2f} GiB: " + "; ".join(knobs)
+        f"budget ({budget_source}) is {_size(budget_bytes)}: " + "; ".join(knobs)
     )
