@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_estimate(args: argparse.Namespace) -> str:
     """Print (and return) :func:`headattr.engine.cost.format_estimate` for the model config at ``args.model``."""
-    from .engine.cost import DEVICE_FLOPS, ModelDims, estimate, format_estimate, row_bytes
+    from .engine.cost import DEVICE_FLOPS, ModelDims, activation_bytes, estimate, format_estimate
     from .models.loading import load_config, resolve_dtype
 
     if args.device_class and args.device_class not in DEVICE_FLOPS:
@@ -131,7 +131,7 @@ def run_estimate(args: argparse.Namespace) -> str:
         args.device_class,
         args.rule,
     )
-    mib = row_bytes(dims, args.seq_len, dims.n_layers, args.seq_len // 2, attention_matrix=False) / 2**20
+    mib = activation_bytes(dims, args.seq_len, dims.n_layers, args.seq_len // 2, fused_attention=True) / 2**20
     text = format_estimate(est) + f"\n  activation memory: ~{mib:,.0f} MiB per row through all layers (fused attention)"
     print(text)
     return text

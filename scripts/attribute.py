@@ -13,7 +13,8 @@ from headattr.pipeline import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 torch.set_num_threads(max(1, sm.threads))
-print(f"SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID', '')} threads={sm.threads} shard={sm.wildcards.shard}")
+slurm = {k: os.environ.get(k, "") for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")}
+print(" ".join(f"{k}={v}" for k, v in slurm.items()), f"threads={sm.threads} shard={sm.wildcards.shard}")
 info = stages.attribute(
     sm.input.tokens,
     sm.input.masks,

@@ -62,6 +62,8 @@ CONFIG_CASES = {
     "layer_shards_need_local_model": ({"shard__layers": 1, "model__path": "org/model"}, "shard.layers"),
     "unknown_autocast_dtype": ({"model__autocast": "float8"}, "autocast"),
     "memory_budget_not_positive": ({"ig__memory_budget_gib": 0}, "memory_budget_gib"),
+    "unknown_activation_checkpointing": ({"model__activation_checkpointing": "one_in_two"}, "activation_checkpointing"),
+    "memory_budget_too_small": ({"ig__memory_budget_gib": 1e-4}, "model.activation_checkpointing: whole_layer"),
 }
 
 

@@ -6,9 +6,10 @@ tests/slurm/setup.sh) and takes minutes:
     HEADATTR_TEST_SLURM=1 python -m pytest -q -m slurm tests/test_slurm.py -s
 
 It runs the tiny project through `--workflow-profile profiles/slurm-ci` and checks that every job ran in a SLURM
-allocation (sacct: COMPLETED, account ci), that the IG dumps are bit-identical to a local run's, that a parameter
-change resubmits only the jobs that depend on it, and that an attribute job killed with scancel is redone by the
-rerun of the same command, to identical results. To save wall time the local reference runs while the SLURM run
+allocation (sacct: COMPLETED, account ci), that the attribute shards went as one SLURM job array (one sbatch, one
+array id in sacct, each shard's log naming its task), that the IG dumps are bit-identical to a local run's, that a
+parameter change resubmits only the jobs that depend on it, and that an attribute job killed with scancel is redone by
+the rerun of the same command, to identical results. To save wall time the local reference runs while the SLURM run
 does, and the kill test (on a copy of the project) while the parameter-change rerun does. The cluster is stopped
 afterwards if this test started it (HEADATTR_SLURM_KEEP=1 keeps it running).
 """
@@ -44,6 +45,9 @@ pytestmark = [
 
 TIMES: dict[str, float] = {}
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)")
+ARRAY = re.compile(
+    r"Submitted array job with Snakemake IDs [\d,]+ and SLURM job ID (\d+)\. The individual task IDs are (\d+)-(\d+)\."
+)
 FINISHED = re.compile(r"^Finished jobid: \d+ \(Rule: (\w+)\)", re.M)
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 
@@ -89,8 +93,17 @@ def submissions(output: str) -> dict:
     return {jobid: log for jobid, log in SUBMITTED.findall(output)}
 
 
+def array_submissions(output: str) -> dict:
+    """SLURM array job id -> its task ids, for each array submission of one run (plugin 2.8.0's log line)."""
+    arrays = {}
+    for jobid, first, last in ARRAY.findall(output):
+        arrays.setdefault(jobid, []).extend(range(int(first), int(last) + 1))
+    return arrays
+
+
 def sacct(jobids, wait_s=90) -> dict:
-    """SLURM job id -> {state, comment, account, partition}, waiting until all are in a final state."""
+    """SLURM job id (``<array id>_<task>`` for an array task) -> {state, comment, account, partition}, waiting until
+    all are in a final state."""
     deadline = time.monotonic() + wait_s
     while True:
         out = subprocess.run(
@@ -147,21 +160,32 @@ def set_steps(root, steps):
 
 
 def check_slurm_run(result, plan, label):
-    """Every planned job ran in a SLURM job (none locally but `all`); every submission COMPLETED, account ci."""
+    """Every planned job ran in a SLURM job (none locally but `all`); every submission COMPLETED, account ci; the
+    attribute jobs as the tasks of job arrays (profiles/slurm-ci: slurm-array-jobs): the plugin submits the shards
+    that become ready together as one array (each seed's, released by its prepare group job; all of them in a
+    rerun), a lone one as a plain job. Returns (plain submissions, sacct rows, kinds, arrays)."""
     out = result.stdout
     assert result.returncode == 0, out[-4000:]
     assert set(re.findall(r"^localrule (\w+):", out, re.M)) <= {"all"}, "a job ran outside SLURM"
     expected = {rule: n for rule, n in plan.items() if rule != "all"}
     assert finished_rules(out) == expected
-    subs = submissions(out)
-    rows = sacct(list(subs))
-    assert set(rows) == set(subs), (subs, rows)
+    subs, arrays = submissions(out), array_submissions(out)
+    tasks = [f"{jobid}_{task}" for jobid, ids in arrays.items() for task in ids]
+    rows = sacct(list(subs) + tasks)
+    assert set(rows) == set(subs) | set(tasks), (subs, arrays, rows)
     bad = {j: r for j, r in rows.items() if r["state"] != "COMPLETED" or r["account"] != "ci"}
     assert not bad, f"{label}: SLURM jobs not COMPLETED under account ci: {bad}"
+    assert all(rows[t]["comment"].startswith("rule_attribute") for t in tasks), {t: rows[t] for t in tasks}
     kinds = by_kind(subs)
-    assert kinds.get("attribute", 0) == expected.get("attribute", 0)
-    _log(f"{label}: {len(subs)} SLURM jobs {dict(kinds)}; snakemake jobs {expected}; {result.wall_s:.0f} s")
-    return subs, rows, kinds
+    n_attribute = expected.get("attribute", 0)
+    assert kinds.get("attribute", 0) + len(tasks) == n_attribute, (kinds, arrays)
+    if n_attribute >= 2:
+        assert "attribute" not in kinds and all(len(t) >= 2 for t in arrays.values()), (kinds, arrays)
+    _log(
+        f"{label}: {len(subs)} plain SLURM jobs {dict(kinds)}, arrays {arrays}; snakemake jobs {expected}; "
+        f"{result.wall_s:.0f} s"
+    )
+    return subs, rows, kinds, arrays
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -225,7 +249,8 @@ def kill_scenario(root: Path, target: str, state: dict):
         deadline = time.monotonic() + 900
         while "killed" not in state and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            ids = list(submissions(log_path.read_text()))
+            text = log_path.read_text()
+            ids = list(submissions(text)) + list(array_submissions(text))
             if not ids:
                 continue
             queue = subprocess.run(
@@ -291,17 +316,26 @@ def rerun_and_kill(first_run):
 # ------------------------------------------------------------------------------------------------ tests
 def test_every_job_runs_under_slurm_and_dumps_match_a_local_run(first_run):
     root, plan, result = first_run["slurm"], first_run["plan"], first_run["result"]
-    subs, rows, kinds = check_slurm_run(result, plan, "SLURM run")
-    # the attribute jobs print their SLURM_JOB_ID: one log per attribute job, each from its own SLURM job
-    attribute_ids = {j for j, log in subs.items() if "/rule_attribute/" in log}
+    subs, rows, kinds, arrays = check_slurm_run(result, plan, "SLURM run")
+    # the attribute shards went as job arrays, one per seed here (each seed's prepare group job releases its
+    # shards together): sacct lists each array's tasks under its id, and each attribute log (one per shard)
+    # names its array and task, every task once
+    assert len(arrays) <= len(set(re.findall(r"seed(\d+)", " ".join(dumps(root))))), arrays
+    tasks = sorted((array_id, t) for array_id, ids in arrays.items() for t in ids)
+    for array_id, task_ids in arrays.items():
+        listed = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert sorted(listed) == sorted(f"{array_id}_{t}|COMPLETED" for t in task_ids), listed
     logs = attribute_logs(root)
-    assert len(logs) == plan["attribute"]
+    assert len(logs) == plan["attribute"] == len(tasks)
     seen = []
     for log in logs:
-        m = re.search(r"^SLURM_JOB_ID=(\S*)", log.read_text(), re.M)
-        assert m and m.group(1), f"{log}: not run in a SLURM job"
-        seen.append(m.group(1))
-    assert sorted(seen) == sorted(attribute_ids)
+        m = re.search(r"^SLURM_JOB_ID=(\S+) SLURM_ARRAY_JOB_ID=(\S*) SLURM_ARRAY_TASK_ID=(\S*)", log.read_text(), re.M)
+        assert m, f"{log}: not run in a SLURM job"
+        assert m.group(2) in arrays, f"{log}: ran in SLURM job {m.group(1)}, not a task of the arrays {arrays}"
+        seen.append((m.group(2), int(m.group(3))))
+    assert sorted(seen) == tasks
     # grouped rules went as group jobs (one sbatch per connected group)
     assert any(k.startswith("group:") for k in kinds), kinds
     # bit-identical to the local run of the same project
@@ -316,9 +350,10 @@ def test_parameter_change_resubmits_only_dependent_jobs(rerun_and_kill):
     plan, result = rerun_and_kill["plan"], rerun_and_kill["result"]
     prepare = {"sample_data", "tokenize", "draw_masks"}
     assert plan.get("attribute", 0) >= 4 and not prepare & set(plan), plan
-    subs, rows, kinds = check_slurm_run(result, plan, "SLURM rerun (ig.steps 2 -> 3)")
+    subs, rows, kinds, arrays = check_slurm_run(result, plan, "SLURM rerun (ig.steps 2 -> 3)")
     assert not any(k == "group:prepare" or k in prepare for k in kinds), kinds
-    assert len(subs) == kinds["attribute"] + sum(n for k, n in kinds.items() if k.startswith("group:"))
+    assert len(subs) == sum(n for k, n in kinds.items() if k.startswith("group:"))
+    assert sum(len(t) for t in arrays.values()) == plan["attribute"]
     assert rerun_and_kill["after"] == {}, f"the dry run after the rerun still plans {rerun_and_kill['after']}"
     assert len(rerun_and_kill["new_keys"]) >= 4
 
@@ -336,8 +371,10 @@ def test_killed_job_is_rerun_to_identical_results(first_run, rerun_and_kill):
     state = sacct([kill["killed"]])[kill["killed"]]["state"]
     assert state == "CANCELLED", f"the attribute job {kill['killed']} ended {state}: it finished before scancel?"
     _log(f"kill test: snakemake exited {kill['rc']} after the scancel")
-    subs, rows, kinds = check_slurm_run(kill["rerun"], remaining(kill["plan"], killed_output), "rerun after scancel")
-    assert kinds.get("attribute", 0) >= 1
+    subs, rows, kinds, arrays = check_slurm_run(
+        kill["rerun"], remaining(kill["plan"], killed_output), "rerun after scancel"
+    )
+    assert kinds.get("attribute", 0) + sum(len(t) for t in arrays.values()) >= 1
     assert kill["after"] == {}
     key = first_run["kill_key"]
     for reference in (first_run["slurm"], first_run["local"]):

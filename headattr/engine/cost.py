@@ -16,10 +16,25 @@ Row-passes of one sample with n_p mask probabilities, m steps, L layers (see :fu
 Rows shared by paths run once: with a node at t = 1 (riemann_right, trapezoid) the L per-layer rows there are one
 "all on" row per p (through all L layers), which also gives L(all on); a node at t = 0 gives L(path start).
 
-Memory (:func:`row_bytes`) is the activation memory one row adds to a forward pass: what autograd keeps per layer
-(about 12 d + 4 I values per token, plus the heads x T x T attention matrix unless a fused kernel is used),
-fp32 logits at scored positions with their softmax and gradient, and one layer of transient working memory.
-It is an upper-bound style estimate meant for choosing rows per pass, not an exact account.
+Memory of the engine's passes (:func:`activation_bytes`, what rows per pass are chosen from; measured against it
+on LLaDA-8B-shaped slices by bench/memory_slice.py, docs/performance-8b.md): parameters are frozen, so autograd
+keeps no linear layer's input, only what the gradients w.r.t. the gates need. Per row, b bytes per model value,
+fp32 (4 bytes) where the model upcasts:
+- a layer above the row's first: 3 T I b (the gated MLP's gate, its activation, up) + 3 T d 4 (two RMSNorm
+  inputs and the gated z, all fp32) + attention: q, k, v and the probabilities H T^2 (fp32, plus their b-byte copy
+  when b < 4) for a materialising kernel (eager; SDPA's math kernel), or q, k, v, out and an fp32 logsumexp
+  H T for a fused one (flash / memory-efficient; PyTorch's CPU SDPA kernel is one);
+- the row's first layer (its input is a constant: embeddings or cached prefix states): only 3 T I b + 2 T d 4;
+- the head: the final norm's fp32 input, the S x V logits (b bytes, held for the accuracy) and the fp32 copy with
+  the target masked out that the log-sum-exp keeps (:func:`headattr.objective.loss.token_cross_entropy`);
+- the peak is what the layers keep plus the larger of two phases of the backward: the head's (its activations and
+  three S x V fp32 temporaries of the log-sum-exp, scatter and gather gradients, plus their b-byte cast when
+  b < 4), then a layer's (the logits still held, and the layer's transient: the larger of its forward, two
+  H T^2 b-byte score tensors of a materialising kernel and one T I b product, and its backward, three T I b
+  gradients and, materialising, two H T^2 fp32 gradients).
+With activation checkpointing a checkpointed layer keeps only its input (T d b) until its recomputation in the
+backward, whose activations join that layer's phase. :func:`row_bytes` is the cruder upper bound of a plain loop
+(full logits, parameter gradients) that bench/bench_ig.py sizes its reference runs with.
 """
 
 from __future__ import annotations
@@ -430,3 +445,63 @@ def choose_rows(budget_bytes: int, bytes_per_row: int, max_rows: int | None = No
         raise ValueError("bytes_per_row must be positive")
     rows = max(1, int(budget_bytes) // int(bytes_per_row))
     return min(rows, max_rows) if max_rows else rows
+
+
+FP32 = 4
+
+
+def layer_kept_bytes(dims: ModelDims, seq_len: int, fused_attention: bool, first: bool = False) -> int:
+    """Bytes autograd keeps for one row in one gated layer (see the module docstring); ``first``: the row's first
+    layer, whose input needs no gradient (no attention or input-norm activations kept)."""
+    t, d, b, h = seq_len, dims.hidden, dims.dtype_bytes, dims.n_heads
+    mlp = (3 if dims.gated_mlp else 2) * t * dims.intermediate * b
+    if first:
+        return mlp + 2 * t * d * FP32
+    if fused_attention:
+        attention = 4 * t * d * b + h * t * FP32
+    else:
+        attention = 3 * t * d * b + h * t * t * (FP32 + (b if b < FP32 else 0))
+    return mlp + 3 * t * d * FP32 + attention
+
+
+def layer_transient_bytes(dims: ModelDims, seq_len: int, fused_attention: bool) -> int:
+    """Working memory of one row's layer on top of what is kept: the larger of its forward and backward."""
+    t, i, b, h = seq_len, dims.intermediate, dims.dtype_bytes, dims.n_heads
+    scores = 0 if fused_attention else h * t * t
+    forward = 2 * scores * b + t * i * b
+    backward = 3 * t * i * b + 2 * scores * FP32
+    return max(forward, backward)
+
+
+def activation_bytes(
+    dims: ModelDims,
+    seq_len: int,
+    layers_run: int,
+    n_scored: float,
+    rows: int = 1,
+    grad: bool = True,
+    fused_attention: bool = False,
+    checkpointed: int = 0,
+    first_checkpointed: bool | None = None,
+) -> int:
+    """Peak activation bytes of one engine pass of ``rows`` rows through ``layers_run`` layers (the last ones),
+    ``n_scored`` scored positions per row, of which ``checkpointed`` layers run under activation checkpointing
+    (``first_checkpointed``: the row's first layer is one of them; default: when all are). See the module
+    docstring. Without ``grad`` only one layer's activations and its transient are live."""
+    t, d, b, v = seq_len, dims.hidden, dims.dtype_bytes, dims.vocab
+    s = float(n_scored)
+    kept_layer = layer_kept_bytes(dims, t, fused_attention)
+    transient = layer_transient_bytes(dims, t, fused_attention)
+    logits = s * v * b  # held by the engine until the pass ends
+    head = t * d * FP32 + s * v * FP32 + logits
+    head_backward = s * v * (3 * FP32 + (b if b < FP32 else 0))
+    if not grad:
+        return int(rows * (kept_layer + transient + head))
+    first_checkpointed = checkpointed >= layers_run if first_checkpointed is None else first_checkpointed
+    plain = max(layers_run - checkpointed, 0)
+    kept = checkpointed * t * d * b + plain * kept_layer
+    if plain and not first_checkpointed:
+        kept -= kept_layer - layer_kept_bytes(dims, t, fused_attention, first=True)
+    # the head's backward runs first, then the layers' (each checkpointed one recomputed on its turn)
+    layers_phase = logits + (kept_layer if checkpointed else 0) + transient
+    return int(rows * (kept + max(head + head_backward, layers_phase)))

@@ -25,9 +25,10 @@ import torch
 
 from ..errors import NonFiniteError
 from ..models.adapters import Adapter
+from ..models.checkpointing import checkpointed_layers, layer_checkpointing
 from ..models.gates import HeadGates
 from ..objective.loss import ScoredInput, token_cross_entropy
-from .cost import PassCounts, attention_part, choose_rows, dims_from_model, row_bytes
+from .cost import PassCounts, activation_bytes, attention_part, choose_rows, dims_from_model
 from .prefix import LayerStack
 
 MAX_AUTO_ROWS = 256
@@ -76,6 +77,10 @@ class GateEngine:
         unique_rows (bool): forward-only passes run each distinct (input, gates) row of a chunk once and score
             every row that repeats it from that one (lm-eval's one-token choices sharing a context, ELBO rows
             that drew the same mask). Without repeats the pass is unchanged. Default: False.
+        activation_checkpointing (str): ``none``, ``whole_layer`` or ``every_k`` (every ``checkpoint_every``-th
+            layer) for gradient passes (see :mod:`headattr.models.checkpointing`): less activation memory per row,
+            one more forward of the checkpointed layers; same gradients. Default: none.
+        checkpoint_every (int): k of ``every_k``. Default: 1.
 
     Attributes:
         counts (:class:`headattr.engine.cost.PassCounts`): row-passes, layer-passes, model and layer calls and
@@ -91,6 +96,8 @@ class GateEngine:
         memory_budget: int | None = None,
         attention_cache: bool = True,
         unique_rows: bool = False,
+        activation_checkpointing: str = "none",
+        checkpoint_every: int = 1,
     ):
         if rows_per_pass is not None and rows_per_pass < 1:
             raise ValueError("rows_per_pass must be >= 1 (or None for the memory-budget chooser)")
@@ -106,6 +113,9 @@ class GateEngine:
         self.attention_cache = bool(attention_cache) and self.prefix_cache
         self.memory_budget = memory_budget
         self.unique_rows = bool(unique_rows)
+        self.activation_checkpointing = activation_checkpointing
+        self.checkpoint_every = int(checkpoint_every)
+        self._checkpointed = checkpointed_layers(adapter.n_layers, activation_checkpointing, checkpoint_every)
         self._stack = LayerStack(adapter) if self.prefix_cache else None
         self._prefix: _Prefix | None = None
         self._extra_inputs = {"use_cache": False} if _accepts(self.model.forward, "use_cache") else {}
@@ -182,13 +192,17 @@ class GateEngine:
         if self._dims is None:
             return 16
         attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "eager")
-        per_row = row_bytes(
+        start = self.adapter.n_layers - layers_run
+        checkpointed = [i for i in self._checkpointed if i >= start] if grad else []
+        per_row = activation_bytes(
             self._dims,
             scored.input_ids.shape[1],
             layers_run,
             max(scored.n_scored),
-            grad,
-            attention_matrix=self.device.type != "cuda" or attn == "eager",
+            grad=grad,
+            fused_attention=attn not in (None, "eager"),
+            checkpointed=len(checkpointed),
+            first_checkpointed=start in checkpointed,
         )
         budget = self.memory_budget if self.memory_budget is not None else default_memory_budget(self.device)
         return choose_rows(budget, per_row, MAX_AUTO_ROWS)
@@ -303,6 +317,7 @@ class GateEngine:
         self._selection = (model_rows.to(self.device), sel_pos.to(self.device))
         self._selected = False
         suffix, replay = nullcontext(), None
+        recompute = layer_checkpointing(self.adapter, self._checkpointed) if grad else nullcontext()
         if layer > 0:
             cached = self._prefix.hidden[layer]
             if layer in self._prefix.attention:
@@ -310,7 +325,7 @@ class GateEngine:
                 replay = (form, lambda: z[row_p.to(z.device)])
             suffix = self._stack.suffix(layer, lambda: cached[row_p.to(cached.device)], replay)
         try:
-            with torch.set_grad_enabled(grad), self._autocast(), suffix as calls:
+            with torch.set_grad_enabled(grad), self._autocast(), recompute, suffix as calls:
                 out = self.model(**self.adapter.model_inputs(ids), **self._extra_inputs)
                 expected = [layer] + (["attention"] if replay else [])  # layer l's pre-hook fires before its attention
                 if layer > 0 and calls != expected:
@@ -352,13 +367,16 @@ AUTOCAST_DTYPES = {None: None, "bfloat16": torch.bfloat16, "float16": torch.floa
 
 
 def engine_for(adapter: Adapter, model_cfg: dict, engine_cfg: dict) -> GateEngine:
-    """The workflow's engine: ``engine_cfg`` {rows_per_pass, memory_budget_gib}, ``model_cfg['autocast']``."""
+    """The workflow's engine: ``engine_cfg`` {rows_per_pass, memory_budget_gib}, ``model_cfg`` {autocast,
+    activation_checkpointing, checkpoint_every}."""
     budget = engine_cfg.get("memory_budget_gib")
     return GateEngine(
         adapter,
         rows_per_pass=engine_cfg.get("rows_per_pass"),
         autocast_dtype=AUTOCAST_DTYPES[model_cfg.get("autocast")],
         memory_budget=None if budget is None else int(budget * 2**30),
+        activation_checkpointing=model_cfg.get("activation_checkpointing") or "none",
+        checkpoint_every=model_cfg.get("checkpoint_every") or 1,
     )
 
 

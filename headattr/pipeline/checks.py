@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+from ..engine.budget import check_fits
+from ..engine.cost import ModelDims
 from ..errors import ConfigError
 from ..models.checks import check_model
 from .config import check_model_location, validate_schema
@@ -21,7 +24,60 @@ def validate_config(config: dict, root: Path | str = ".") -> dict:
     files = {k: str(root / v) for k, v in config["compare"]["importance_files"].items()}
     check_importance_files(files, root / config["model"]["path"])
     units(config)
+    budget = config["ig"]["memory_budget_gib"]
+    if budget is not None:
+        check_memory(
+            config["model"],
+            config["ig"],
+            config["data"]["max_len"],
+            config["objective"]["mask_probs"],
+            int(budget * 2**30),
+            root,
+        )
     return config
+
+
+VALUE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+
+
+def model_dims(model_cfg: dict, root: Path | str = ".") -> ModelDims | None:
+    """Cost-model dims from a local checkpoint's config.json (activations in the autocast dtype when set), or
+    None when there is none to read (a hub id) or it lacks a dimension."""
+    config_file = Path(root) / model_cfg["path"] / "config.json"
+    if not config_file.is_file():
+        return None
+    value = model_cfg.get("autocast") or model_cfg["dtype"]
+    try:
+        return ModelDims.from_config(SimpleNamespace(**json.loads(config_file.read_text())), VALUE_BYTES[value])
+    except ValueError:
+        return None
+
+
+def check_memory(
+    model_cfg: dict,
+    ig_cfg: dict,
+    seq_len: int,
+    mask_probs,
+    budget_bytes: int,
+    root: Path | str = ".",
+    source: str = "ig.memory_budget_gib",
+) -> int | None:
+    """The run's largest IG pass fits ``budget_bytes`` (:func:`headattr.engine.budget.check_fits`), from the model's
+    config.json alone (before any weights load); bytes it needs, None without a local config to read."""
+    dims = model_dims(model_cfg, root)
+    if dims is None:
+        return None
+    return check_fits(
+        dims,
+        seq_len,
+        max(mask_probs),
+        budget_bytes,
+        ig_cfg.get("rows_per_pass"),
+        fused_attention=model_cfg.get("attn_implementation") != "eager",
+        checkpointing=model_cfg.get("activation_checkpointing") or "none",
+        checkpoint_every=model_cfg.get("checkpoint_every") or 2,
+        budget_source=source,
+    )
 
 
 PASSED = Path(".snakemake") / "headattr-checks.json"
@@ -98,3 +154,24 @@ def check_model_settings(config: dict, root: Path | str = ".") -> dict:
     :func:`check_inputs`) and the CLI run this one path, so they refuse the same settings with the same message."""
     check_model_location(config["model"]["path"], root)
     return check_model(config, root)
+
+
+def job_budget(model_cfg: dict, engine_cfg: dict, root: Path | str = ".") -> tuple[int, str] | None:
+    """(bytes, where it came from) an attribute job's passes must fit, known before the model loads: the
+    configured ig.memory_budget_gib, else on CUDA the engine's default (80 % of free memory) less the weights
+    about to load; None on CPU without a configured budget (rows then fit RAM as the engine chooses them)."""
+    budget = engine_cfg.get("memory_budget_gib")
+    if budget is not None:
+        return int(budget * 2**30), "ig.memory_budget_gib"
+    import torch
+
+    from ..engine.gate_engine import default_memory_budget
+    from ..models.loading import resolve_device
+
+    device = resolve_device(model_cfg["device"])
+    dims = model_dims(model_cfg, root)
+    if device.type != "cuda" or dims is None:
+        return None
+    weights = (dims.n_layers * dims.layer_params + 2 * dims.vocab * dims.hidden) * VALUE_BYTES[model_cfg["dtype"]]
+    source = f"80 % of free memory on {device} less {weights / 2**30:.1f} GiB of weights; ig.memory_budget_gib null"
+    return int(default_memory_budget(torch.device(device)) - weights), source

@@ -20,6 +20,7 @@ from ..models.loading import load_adapter, model_family_and_shift, objective_nee
 from ..objective.masking import draw_masks, pack_masks, unpack_masks
 from .aggregate import aggregate, completeness_table
 from .attribute import AttributionSettings, run_attribution
+from .checks import check_memory, job_budget
 from .dumps import atomic_write, load_dump, load_npz, save_npz
 
 
@@ -173,6 +174,11 @@ def attribute(
     mask_ids = {str(s) for s in mask_arrays["sample_ids"]}
     if not {s.sample_id for s in samples} <= mask_ids:
         raise DataError(f"{masks_path}: masks were drawn for other samples than {tokens_path}")
+    budget = job_budget(model_cfg, engine_cfg)
+    if budget is not None and samples:
+        seq_len = max(s.length for s in samples)
+        probs = settings.get("mask_probs") or [1.0]
+        check_memory(model_cfg, engine_cfg, seq_len, probs, budget[0], source=budget[1])  # before the weights load
     model, _, adapter = load_adapter(model_cfg)
     run_settings = AttributionSettings(**settings).validate()
     if samples and run_settings.method in ("per_layer", "joint", "layered"):
