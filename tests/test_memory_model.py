@@ -25,8 +25,8 @@ def test_activation_bytes_by_hand():
     first = 3 * t * i * f + 2 * t * d * f
     transient = max(2 * h * t * t * f + t * i * f, 3 * t * i * f + 2 * h * t * t * f)
     logits = s * v * f
-    head = t * d * f + s * v * f + logits + s * v * 3 * f  # with the head's backward temporaries
-    assert (kept, first, transient, head) == (1664, 1024, 1024, 528)
+    head = t * d * f + s * v * f + logits + s * v * f  # with the log-sum-exp's exponentials
+    assert (kept, first, transient, head) == (1664, 1024, 1024, 368)
     plain = 2 * kept + first + max(head, logits + transient)
     assert activation_bytes(DIMS, t, 3, s, rows=2) == 2 * plain == 2 * 5456
     whole = 3 * t * d * f + max(head, logits + kept + transient)
@@ -34,6 +34,9 @@ def test_activation_bytes_by_hand():
     # every_k over layers 0 and 2 of 3: layer 1 keeps its activations, layers 0 and 2 only their inputs
     every = 2 * t * d * f + kept + max(head, logits + kept + transient)
     assert activation_bytes(DIMS, t, 3, s, checkpointed=2, first_checkpointed=True) == every
+    # a large vocabulary makes the head's phase the peak: the fp32 copy the loss keeps and one temporary
+    wide = ModelDims(**{**DIMS.__dict__, "vocab": 1000})
+    assert activation_bytes(wide, t, 3, s) == 2 * kept + first + t * d * f + 3 * s * 1000 * f
     fused = 3 * t * i * f + 3 * t * d * f + 4 * t * d * f + h * t * f
     assert activation_bytes(DIMS, t, 2, s, fused_attention=True) == fused + first + max(head, logits + 3 * t * i * f)
 
@@ -45,7 +48,7 @@ def test_bf16_keeps_fp32_copies():
     t, d, i, h, v, s = 4, 8, 16, 2, 10, 2
     kept = 3 * t * i * 2 + 3 * t * d * 4 + 3 * t * d * 2 + h * t * t * (4 + 2)
     first = 3 * t * i * 2 + 2 * t * d * 4
-    head = t * d * 4 + s * v * 4 + s * v * 2 + s * v * (3 * 4 + 2)
+    head = t * d * 4 + s * v * 4 + s * v * 2 + s * v * (4 + 2)
     layers = s * v * 2 + max(2 * h * t * t * 2 + t * i * 2, 3 * t * i * 2 + 2 * h * t * t * 4)
     assert activation_bytes(bf16, t, 3, s) == 2 * kept + first + max(head, layers)
 

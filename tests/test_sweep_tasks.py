@@ -19,10 +19,11 @@ from headattr.sweeps.tables import task_aopc_table, task_proxy_table
 
 
 def sweep_project(root, axes, fractions=(0.0, 0.25)):
-    """The tiny task project with ``sweep.axes`` = {name: (key, values)}."""
+    """The tiny task project with ``sweep.axes`` = {name: (key, values)}, without the noise-floor point (its own
+    jobs are checked in tests/test_sweep_noise_floor.py; the counts here are the axes' points)."""
     path = tiny_task_project(root, fractions=fractions)
     cfg = yaml.safe_load(path.read_text())
-    cfg["sweep"] = {"axes": {n: {"key": k, "values": list(v)} for n, (k, v) in axes.items()}}
+    cfg["sweep"] = {"axes": {n: {"key": k, "values": list(v)} for n, (k, v) in axes.items()}, "noise_floor": False}
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -28,10 +28,10 @@ fp32 (4 bytes) where the model upcasts:
 - the head: the final norm's fp32 input, the S x V logits (b bytes, held for the accuracy) and the fp32 copy with
   the target masked out that the log-sum-exp keeps (:func:`headattr.objective.loss.token_cross_entropy`);
 - the peak is what the layers keep plus the larger of two phases of the backward: the head's (its activations and
-  three S x V fp32 temporaries of the log-sum-exp, scatter and gather gradients, plus their b-byte cast when
-  b < 4), then a layer's (the logits still held, and the layer's transient: the larger of its forward, two
-  H T^2 b-byte score tensors of a materialising kernel and one T I b product, and its backward, three T I b
-  gradients and, materialising, two H T^2 fp32 gradients).
+  one S x V fp32 temporary, the log-sum-exp's exponentials: the loss's backward runs in place on the copy it keeps,
+  plus the gradient's b-byte cast when b < 4), then a layer's (the logits still held, and the layer's transient:
+  the larger of its forward, two H T^2 b-byte score tensors of a materialising kernel and one T I b product, and
+  its backward, three T I b gradients and, materialising, two H T^2 fp32 gradients).
 With activation checkpointing a checkpointed layer keeps only its input (T d b) until its recomputation in the
 backward, whose activations join that layer's phase. :func:`row_bytes` is the cruder upper bound of a plain loop
 (full logits, parameter gradients) that bench/bench_ig.py sizes its reference runs with.
@@ -494,7 +494,7 @@ def activation_bytes(
     transient = layer_transient_bytes(dims, t, fused_attention)
     logits = s * v * b  # held by the engine until the pass ends
     head = t * d * FP32 + s * v * FP32 + logits
-    head_backward = s * v * (3 * FP32 + (b if b < FP32 else 0))
+    head_backward = s * v * (FP32 + (b if b < FP32 else 0))
     if not grad:
         return int(rows * (kept_layer + transient + head))
     first_checkpointed = checkpointed >= layers_run if first_checkpointed is None else first_checkpointed
