@@ -77,3 +77,9 @@ def test_own_ranking_passes_where_the_reference_fails(tmp_path):
         "the reference ranking (scores from `text`) fails" in text
         and "passes where the reference ranking fails" in text
     )
+    # random orders that never lower the accuracy leave the ratio undefined: said in words, not "nanx"
+    flat = table.reset_index()
+    flat.loc[flat["scores"] == "own", ["drop_ratio_most", "passes"]] = [float("nan"), False]
+    text = "\n".join(own_scores_markdown(flat))
+    assert "its own ranking fails (least-25 % keeps 93.0%, most-10 % drop against random undefined" in text
+    assert "nanx" not in text

@@ -63,10 +63,13 @@ def own_scores_markdown(table: pd.DataFrame) -> list[str]:
 
     def said(row) -> str:
         verdict = "passes" if row["passes"] else "fails"
-        return (
-            f"{verdict} (least-25 % keeps {row['kept_least']:.1%}, most-10 % drops {row['drop_ratio_most']:.2f}x "
-            f"random)"
+        ratio = row["drop_ratio_most"]
+        drop = (
+            f"drops {ratio:.2f}x random"
+            if ratio == ratio
+            else "drop against random undefined: the random orders do not lower the accuracy"
         )
+        return f"{verdict} (least-25 % keeps {row['kept_least']:.1%}, most-10 % {drop})"
 
     for (method, mode, judged), part in table.groupby(["method", "mode", "judged_on"], sort=False):
         by = {r["scores"]: r for r in part.to_dict("records")}
