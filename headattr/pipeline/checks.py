@@ -123,17 +123,18 @@ def check_inputs(
         if source != "demo" and not source.startswith("hf:"):
             resolve_source(str(Path(root) / source))
     d, o = config["data"], config["objective"]
+    checksums = input_checksums(config)
     key = param_hash(
         {
             "model": config["model"],
             "data": {k: d[k] for k in ("max_len", "chat_template", "max_samples", "source", "split")},
             "objective": {k: o[k] for k in ("kind", "allow_mismatch")},
-            "checksums": input_checksums(config),
+            "checksums": checksums,
         }
     )
     store = Path(root) / passed if passed is not None else None
     done = json.loads(store.read_text()) if store is not None and store.is_file() else {}
-    if key in done and input_checksums(config)["model"] is not None:
+    if key in done and checksums["model"] is not None:
         return done[key]
     check_record_count(config, root, origins)
     found = check_model_settings(config, root)
