@@ -223,7 +223,7 @@ def test_pruning_verdict_with_and_without_interval():
 
 def test_heads_for_text_and_tasks_shown_when_scales_differ():
     """Task items on a 10x loss scale with their own top heads: the view lists each group's heads apart."""
-    from headattr.report.groups import category_groups, group_view
+    from headattr.report.groups import absent_categories, category_groups, group_view
 
     us = []
     for seed in (1, 2):
@@ -249,6 +249,8 @@ def test_heads_for_text_and_tasks_shown_when_scales_differ():
     assert not flat["shown"]
     assert category_groups(["chat", "code"]) == {}
     assert category_groups(["x", "y"], {"g1": ["x"], "g2": ["y", "absent"]}) == {"g1": ["x"], "g2": ["y"]}
+    assert absent_categories(["x", "y"], {"g1": ["x"], "g2": ["y", "absent"]}) == ["absent"]
+    assert absent_categories(["x"], None) == []
 
 
 def _write_dump(path, unit: dict, gap_rows=()) -> str:
@@ -383,3 +385,19 @@ def test_report_marks_gap_flagged_heads_in_its_tables(tmp_path):
     assert [(c["method"], c["seed"]) for c in caveat] == [("per_layer", 1)]
     assert len(caveat[0]["heads"]) == arrays[1]["ig"].shape[2] * arrays[1]["ig"].shape[3]
     assert summary["answer"]["text"]["caveats"][0] in report
+
+
+def test_misspelt_group_category_is_named_in_the_report(tmp_path):
+    """A category in report.category_groups that no sample has is left out of the groups and said in the report."""
+    from headattr.report.answer import answer_section
+    from headattr.report.document import TEMPLATE, _md_table, render
+
+    us = units(True)
+    dumps = [_write_dump(tmp_path / f"d{i}.npz", u) for i, u in enumerate(us)]
+    meta = [{"method": u["method"], "seed": u["seed"]} for u in us]
+    groups = {"first": ["A", "Bb"], "rest": ["B", "C"]}
+    config = {"report": {"top_k": 3, "gap_threshold": 0.01, "category_groups": groups}, "diagnostics": {"n_boot": 50}}
+    ans, ctx, _ = answer_section(meta, dumps, config, {}, _md_table)
+    assert ans["groups"]["absent"] == ["Bb"]
+    text = render({"answer": ctx}, TEMPLATE.parent / "answer.md.j2")
+    assert "without a sample in this run, left out of the groups: Bb." in text

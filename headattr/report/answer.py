@@ -399,7 +399,7 @@ def consensus_table(ans: dict) -> pd.DataFrame:
 def answer_section(units: list[dict], dumps, config: dict, validation: dict, md_table) -> tuple[dict, dict, list]:
     """(summary.json's answer, the template's context, per unit the (layer, head) of its gap-flagged heads)
     from the report's units, their dumps and config (report.*, diagnostics.n_boot / seed, ig.gap_floor)."""
-    from .groups import category_groups, group_view
+    from .groups import absent_categories, category_groups, group_view
 
     report_cfg, diag_cfg = config.get("report", {}), config.get("diagnostics", {})
     if any(d is None for d in dumps) or not units:
@@ -419,6 +419,7 @@ def answer_section(units: list[dict], dumps, config: dict, validation: dict, md_
     groups = category_groups(inputs[0]["categories"], report_cfg.get("category_groups"))
     view = group_view(inputs, groups, k, rank_within)
     ans["groups"] = {key: v for key, v in view.items() if key != "table"}
+    ans["groups"]["absent"] = absent_categories(inputs[0]["categories"], report_cfg.get("category_groups"))
     marks = [
         [(int(u["layers"][h]), int(u["heads"][h])) for h in r["marks"]["head"]]
         for u, r in zip(inputs, results, strict=True)

@@ -33,6 +33,13 @@ def category_groups(categories, configured: dict | None = None) -> dict[str, lis
     return groups if len(groups) >= 2 else {}
 
 
+def absent_categories(categories, configured: dict | None) -> list[str]:
+    """Categories named in ``report.category_groups`` with no sample in the run: left out of the groups, so the
+    report names them (a misspelt category would otherwise vanish silently)."""
+    present = {str(c) for c in categories}
+    return sorted({str(c) for cats in (configured or {}).values() for c in cats} - present)
+
+
 def group_view(units: list[dict], groups: dict, k: int = 10, rank_within=None) -> dict:
     """Per group: importance on its samples (mean over units of stats.consensus.importance_statistic), its
     scale, and the top k; ``shown`` and ``reason`` by the module's rule. ``units``: report.answer.unit_inputs."""
