@@ -139,3 +139,10 @@ def test_task_figure_names_metrics_plainly_with_bands_and_chance(tmp_path, monke
     band = gen.collections[0].get_paths()[0].vertices[:, 1]  # random: 2.5 % / 97.5 % quantiles over seeds
     lo = 0.8 - 0.8 + np.quantile([0.6, 0.4, 0.5], 0.025)
     assert band.min() == pytest.approx(lo)
+
+
+def test_chance_levels_for_tasks_that_did_not_run_are_listed():
+    from headattr.report.tasks import unused_chance
+
+    assert unused_chance({"mc": 0.1, "mcc": 0.2}, table()["task"]) == ["mcc"]
+    assert unused_chance(None, table()["task"]) == []

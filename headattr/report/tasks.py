@@ -107,6 +107,12 @@ def heldout_aopc(validation_summaries) -> dict:
     return s.groupby("method")["aopc"].mean().to_dict()
 
 
+def unused_chance(chance: dict | None, tasks) -> list[str]:
+    """Tasks named in ``validation.tasks.chance`` that did not run (a misspelt name would otherwise leave the real
+    task at chance 0 silently): the report lists them."""
+    return sorted(set(chance or {}) - {str(t) for t in tasks})
+
+
 def task_context(
     table_csv,
     cost_csv,
@@ -149,6 +155,7 @@ def task_context(
         "removable": md_table(summary[["task", "method", "order", "unpruned", "removable_fraction"]], ".3f"),
         "aopc": md_table(aopc_table(summary)),
         "uninformative": uninformative,
+        "chance_unused": unused_chance(chance, table["task"]),
         "min_margin": min_margin,
         "singles": md_table(singles, ".3f") if len(singles) else None,
         "min_points": MIN_CORRELATION_POINTS,
