@@ -31,11 +31,16 @@ steps against the engine with ``trapezoid_stieltjes`` (the same paths, doubled) 
 (4 levels, nodes per segment doubled from 1: the discretised STP, not the same thresholds); the steps column
 is then evaluations per path.
 
-FLOPs are derived from the model config by :mod:`headattr.engine.cost` for what each implementation executes
-(layer forward 2 x matmul-params x T + 4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls
-with frozen parameters, 2x with parameter gradients, attention backward 2x its forward). Peak memory: on CUDA
-``torch.cuda.max_memory_allocated`` above the start; on CPU the peak resident set size above the start, sampled
-every 5 ms from /proc/self/statm (approximate: allocator caching and sampling miss short spikes).
+FLOPs: the engine's are its own count of what it ran (``GateEngine.counts``); the references' are derived from
+the model config by :mod:`headattr.engine.cost` for what each executes (layer forward 2 x matmul-params x T +
+4 T^2 d; head 2 d V per logit position; backward 1x forward for matmuls with frozen parameters, 2x with
+parameter gradients, attention backward 2x its forward). Peak memory: on CUDA ``torch.cuda.max_memory_allocated``
+above the start; on CPU the peak resident set size above the start, sampled every 5 ms from /proc/self/statm
+(approximate: allocator caching and sampling miss short spikes).
+
+``--roofline`` also times ``torch.mm`` at the model's matrix shapes and prints, per implementation, its FLOP rate
+as a share of the best of them (R) and the ratio to the plain loop it would reach if it ran every counted FLOP at
+R: an upper bound at an equal rule, since no implementation of those FLOPs outruns its fastest GEMM.
 
 Size ``8b`` is a ``LlamaForCausalLM`` shaped like LLaDA-8B (32 layers x 32 heads, hidden 4096, intermediate
 11008, vocab 126464) with random bf16 weights; it is causal where LLaDA is bidirectional (same matmul FLOPs;
@@ -79,6 +84,10 @@ SIZES = {
 MASK_ID = {"bert": 103, "llama": 126336}
 # dense bf16 tensor-core peak FLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+# (name, prefix caching, path-start losses) of the engine's rows
+ENGINE_VARIANTS = (("engine", True, True), ("engine-igonly", True, False), ("engine-noprefix", False, True))
+# cost-model options of the references (the engine's FLOPs are its own count of what it ran)
+PLAIN_COST = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
 
 
 def bf16_peak(device: torch.device) -> float | None:
@@ -332,35 +341,41 @@ def pick_captum_batch(model, adapter, scored_list, steps, max_batch, autocast, d
     return min(timings, key=timings.get)
 
 
-def engine_ig(
-    adapter, scored_list, method, steps, prefix: bool, autocast_dtype, budget, start_losses=True
-) -> list[np.ndarray]:
+@contextmanager
+def counted_engine(adapter, prefix: bool, autocast_dtype, budget, counts: dict | None):
+    """A GateEngine as the workflow builds it; on exit its FLOP count (what it ran) goes to ``counts["flops"]``."""
     engine = GateEngine(
         adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, prefix_cache=prefix, memory_budget=budget
     )
-    paths = make_paths(method, adapter.n_layers, adapter.n_heads)
     try:
-        return [
-            integrated_gradients(engine, s, paths, "riemann_right", steps, start_losses).ig.astype(np.float64)
-            for s in scored_list
-        ]
+        yield engine
+        if counts is not None:
+            counts["flops"] = engine.counts.flops
     finally:
         engine.close()
 
 
-def engine_stp(adapter, scored_list, method, steps, prefix, autocast_dtype, budget, path_samples, start_losses=True):
-    engine = GateEngine(
-        adapter, rows_per_pass=None, autocast_dtype=autocast_dtype, prefix_cache=prefix, memory_budget=budget
-    )
-    try:
+def engine_ig(
+    adapter, scored_list, method, steps, prefix: bool, autocast_dtype, budget, start_losses=True, counts=None
+) -> list[np.ndarray]:
+    paths = make_paths(method, adapter.n_layers, adapter.n_heads)
+    with counted_engine(adapter, prefix, autocast_dtype, budget, counts) as engine:
+        return [
+            integrated_gradients(engine, s, paths, "riemann_right", steps, start_losses).ig.astype(np.float64)
+            for s in scored_list
+        ]
+
+
+def engine_stp(
+    adapter, scored_list, method, steps, prefix, autocast_dtype, budget, path_samples, start_losses=True, counts=None
+):
+    with counted_engine(adapter, prefix, autocast_dtype, budget, counts) as engine:
         out = []
         for s in scored_list:
             paths = make_stp(adapter, s, method, path_samples)
             ig = integrated_gradients(engine, s, paths, "riemann_stieltjes", steps, start_losses).ig
             out.append(ig.astype(np.float64).mean(0, keepdims=True).repeat(s.n_p, 0))
         return out
-    finally:
-        engine.close()
 
 
 def plain_losses(model, adapter, scored, gate_rows, autocast) -> np.ndarray:
@@ -549,6 +564,52 @@ def timed(fn, device):
     return out, seconds, cpu_seconds, mem.peak
 
 
+def gemm_roofline(dims: ModelDims, seq_len: int, device, dtype, clock: str, seconds: float = 0.3):
+    """(best FLOP/s, FLOP/s per shape) of ``torch.mm`` at the model's matrix shapes, timed on ``clock``: X @ W and
+    dY @ W^T for the layer weights (d x d, d x intermediate, intermediate x d) and the vocabulary head, at T, 6T
+    and 12T rows.
+
+    An upper bound on the rate of the matrix work the FLOP counts count: no implementation of the same FLOPs runs
+    faster than its best GEMM, so ``t_plain * R / F_impl`` bounds the ratio to the plain loop at an equal rule."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    d, inter, vocab = dims.hidden, dims.intermediate, dims.vocab
+    rates = {}
+    for m in (seq_len, 6 * seq_len, 12 * seq_len):
+        for k, n in ((d, d), (d, inter), (inter, d), (d, vocab)):
+            if m * max(k, n) * 4 > 2**30:
+                continue
+            x, w, dy = (torch.randn(*shape, device=device, dtype=dtype) for shape in ((m, k), (k, n), (m, n)))
+            for name, a, b in (("X@W", x, w), ("dY@W^T", dy, w.T)):
+                torch.mm(a, b)
+                reps, start = 0, now()
+                while now() - start < seconds:
+                    torch.mm(a, b)
+                    reps += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                rates[f"{name} [{m}x{k}]x[{k}x{n}]"] = 2.0 * m * k * n * reps / (now() - start)
+    return max(rates.values()), rates
+
+
+def print_roofline(rows: list[dict], rate: float, rates: dict, clock: str) -> None:
+    """The roofline block: each implementation's FLOP rate against the best GEMM rate, and the bound on its ratio
+    to the plain loop if it ran every counted FLOP at that rate."""
+    secs = "seconds" if clock == "wall" else "cpu"
+    print(f"\nroofline: best single-GEMM rate R = {rate / 1e9:.1f} GFLOP/s ({clock} clock); fastest shapes:")
+    for shape, r in sorted(rates.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"  {shape:34s} {r / 1e9:7.1f} GFLOP/s")
+    print(f"{'method':9s} {'impl':16s} {'GFLOP':>9s} {'% of R':>7s} {'x plain':>8s} {'bound x plain (at R)':>21s}")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        plain = next((r for r in mine if r["impl"] == "plain"), None)
+        for r in mine:
+            bound = plain[secs] * rate / (r["gflop"] * 1e9) if plain else float("nan")
+            print(
+                f"{method:9s} {r['impl']:16s} {r['gflop']:9.1f} {100 * r['gflops'] * 1e9 / rate:7.1f} "
+                f"{r['vs_plain']:8.2f} {bound:21.2f}"
+            )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="minilm")
@@ -586,6 +647,9 @@ def main(argv=None) -> int:
         "--completeness", type=float, help="time to a relative completeness gap <= this instead (plain vs engine)"
     )
     parser.add_argument("--max-steps", type=int, default=4096, help="step cap of --completeness")
+    parser.add_argument(
+        "--roofline", action="store_true", help="also time the model's GEMM shapes and print the bound at equal rule"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
 
@@ -636,27 +700,25 @@ def main(argv=None) -> int:
         + ", ".join(f"{k} layers: {engine.rows_for(scored_list[0], k, True)}" for k in sorted({1, dims.n_layers}))
     )
     engine.close()
-    impls, flops, results = {}, {}, {}
+    impls, flops, results, ran = {}, {}, {}, {}
     for method in args.methods:
         if method in ("stp", "stp_layer"):
+            ran[method] = {name: {} for name in ("engine", "engine-igonly", "engine-noprefix")}
             impls[method] = {
-                "engine": lambda m=method: engine_stp(
-                    adapter, scored_list, m, args.steps, True, autocast_dtype, budget, args.path_samples
-                ),
-                "engine-igonly": lambda m=method: engine_stp(
+                name: lambda m=method, name=name, prefix=prefix, start=start: engine_stp(
                     adapter,
                     scored_list,
                     m,
                     args.steps,
-                    True,
+                    prefix,
                     autocast_dtype,
                     budget,
                     args.path_samples,
-                    start_losses=False,
-                ),
-                "engine-noprefix": lambda m=method: engine_stp(
-                    adapter, scored_list, m, args.steps, False, autocast_dtype, budget, args.path_samples
-                ),
+                    start_losses=start,
+                    counts=ran[m][name],
+                )
+                for name, prefix, start in ENGINE_VARIANTS
+            } | {
                 "plain": lambda m=method: plain_stp(
                     model, adapter, scored_list, m, args.steps, autocast, args.path_samples
                 ),
@@ -665,8 +727,8 @@ def main(argv=None) -> int:
                 impls[method].pop("engine-noprefix" if method == "stp" else "plain")
             if method == "stp" and args.skip_plain:
                 del impls[method]["plain"]
-            # FLOPs: P paths of the smooth path with the same prefix structure (joint / per_layer); every STP node
-            # is its own row, so no shared all-on row
+            # the users' loop: P paths of the smooth path with the same prefix structure (joint / per_layer), every
+            # node its own row (no shared all-on row)
             cost = dict(
                 dims=dims,
                 seq_len=t,
@@ -675,22 +737,15 @@ def main(argv=None) -> int:
                 steps=args.steps * args.path_samples,
             )
             cost.update(method="joint" if method == "stp" else "per_layer", scored_fraction=n_scored / t)
-            baseline = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
-            flops[method] = {
-                "engine": ig_cost(prefix_cache=True, **cost)["flops"],
-                "engine-igonly": ig_cost(prefix_cache=True, end_losses=False, **cost)["flops"],
-                "engine-noprefix": ig_cost(prefix_cache=False, **cost)["flops"],
-                "plain": ig_cost(**baseline, **cost)["flops"],
-            }
+            flops[method] = {"plain": ig_cost(**PLAIN_COST, **cost)["flops"]}
             continue
+        ran[method] = {name: {} for name in ("engine", "engine-igonly", "engine-noprefix")}
         impls[method] = {
-            "engine": lambda m=method: engine_ig(adapter, scored_list, m, args.steps, True, autocast_dtype, budget),
-            "engine-igonly": lambda m=method: engine_ig(
-                adapter, scored_list, m, args.steps, True, autocast_dtype, budget, start_losses=False
-            ),
-            "engine-noprefix": lambda m=method: engine_ig(
-                adapter, scored_list, m, args.steps, False, autocast_dtype, budget
-            ),
+            name: lambda m=method, name=name, prefix=prefix, start=start: engine_ig(
+                adapter, scored_list, m, args.steps, prefix, autocast_dtype, budget, start, counts=ran[m][name]
+            )
+            for name, prefix, start in ENGINE_VARIANTS
+        } | {
             "captum": lambda m=method: captum_ig(model, adapter, scored_list, m, args.steps, captum_batch, autocast),
             "plain": lambda m=method: plain_loop(model, adapter, scored_list, m, args.steps, autocast),
         }
@@ -701,13 +756,9 @@ def main(argv=None) -> int:
                 del impls[method][name]
         cost = dict(dims=dims, seq_len=t, n_samples=args.samples, n_p=len(args.mask_probs), steps=args.steps)
         cost.update(method=method, scored_fraction=n_scored / t)
-        baseline = dict(prefix_cache=False, full_logits=True, end_losses=False, shared_rows=False)
         flops[method] = {
-            "engine": ig_cost(prefix_cache=True, **cost)["flops"],
-            "engine-igonly": ig_cost(prefix_cache=True, end_losses=False, **cost)["flops"],
-            "engine-noprefix": ig_cost(prefix_cache=False, **cost)["flops"],
-            "captum": ig_cost(**baseline, **cost)["flops"],
-            "plain": ig_cost(param_grads=True, **baseline, **cost)["flops"],
+            "captum": ig_cost(**PLAIN_COST, **cost)["flops"],
+            "plain": ig_cost(param_grads=True, **PLAIN_COST, **cost)["flops"],
         }
     peaks = {}
     if device.type == "cpu" and not args.no_memory:
@@ -745,6 +796,8 @@ def main(argv=None) -> int:
                     peak = peaks.get((method, name), peak)
                     results[method, name] = dict(ig=np.stack(out), wall=seconds, cpu=cpu, peak=peak)
 
+    for method, names in ran.items():
+        flops[method].update({name: counts["flops"] for name, counts in names.items() if counts})
     rows = []
     for method in args.methods:
         mine = {name: results[method, name] for name in impls[method]}
@@ -793,6 +846,8 @@ def main(argv=None) -> int:
             f"{mfu} "
             f"{r['diff']:13.2e} {'ok' if r['ok'] else 'DIFF'}"
         )
+    if args.roofline:
+        print_roofline(rows, *gemm_roofline(dims, t, device, dtype, args.clock), args.clock)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -9,7 +9,8 @@ operator time by phase: the prefix-capture pass (:meth:`GateEngine._ensure_prefi
 the backward (operators under autograd's engine), and Python / dispatch overhead = wall - operator time (all
 wall clock: on a loaded machine every phase stretches alike, so read the shares). The users' loop
 (bench_ig.plain_stp) is profiled the same way. The phases are operator self times summed over the tree under
-each marker, so they add up to the operator total.
+each marker, so they add up to the operator total. A second block splits the operator time into the matrix
+products (and fused attention kernels: the work the FLOP counts count) and every other operator, the largest named.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from headattr.engine import gate_engine  # noqa: E402
 from headattr.models import gates as gates_module  # noqa: E402
 
 PHASES = ("prefix capture", "gate hooks", "vocabulary head", "forward (rest)", "backward")
+# the operators that do the FLOPs the cost model counts (matrix products; the fused attention kernels)
+MATRIX_PRODUCTS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+)
 
 
 def _bench():
@@ -101,14 +111,29 @@ def split(prof, wall: float) -> dict[str, float]:
     return out
 
 
-def run_profiled(fn) -> tuple[dict[str, float], float]:
-    """(seconds per phase, wall seconds) of one profiled run of ``fn`` after one warm-up run."""
+def by_operator(prof) -> tuple[float, dict[str, float]]:
+    """(self seconds of the matrix products, self seconds of every other operator by name): how much of the
+    operator time is the GEMM work the FLOP counts count, and what the rest is."""
+    gemm, other = 0.0, {}
+    for event in prof.events():
+        if event.name.startswith(("phase: ", "autograd::engine::evaluate_function")):
+            continue
+        seconds = event.self_cpu_time_total / 1e6
+        if event.name in MATRIX_PRODUCTS:
+            gemm += seconds
+        else:
+            other[event.name] = other.get(event.name, 0.0) + seconds
+    return gemm, other
+
+
+def run_profiled(fn) -> tuple[dict[str, float], float, tuple[float, dict[str, float]]]:
+    """(seconds per phase, wall seconds, :func:`by_operator`) of one profiled run of ``fn`` after a warm-up."""
     fn()  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         fn()
         cpu = time.perf_counter() - start
-    return split(prof, cpu), cpu
+    return split(prof, cpu), cpu, by_operator(prof)
 
 
 def main(argv=None) -> int:
@@ -154,6 +179,14 @@ def main(argv=None) -> int:
             + "".join(f"{r[0][phase]:16.3f} ({100 * r[0][phase] / r[1]:3.0f}%)" for r in results.values())
         )
     print(f"{'total (profiled)':28s}" + "".join(f"{r[1]:22.3f}" for r in results.values()))
+    print("\noperator self time: matrix products and fused attention against the rest")
+    for name, (_, wall, (gemm, other)) in results.items():
+        top = sorted(other.items(), key=lambda kv: -kv[1])[:6]
+        print(
+            f"{name}: matrix products {gemm:.3f} s ({100 * gemm / wall:.0f}% of wall), other operators "
+            f"{sum(other.values()):.3f} s ({100 * sum(other.values()) / wall:.0f}%): "
+            + ", ".join(f"{op.removeprefix('aten::')} {sec:.3f}" for op, sec in top)
+        )
     return 0
 
 

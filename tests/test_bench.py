@@ -15,7 +15,7 @@ def _bench():
 
 def test_benchmark_smoke_all_implementations_agree(capsys):
     argv = ["--size", "llama-smoke", "--steps", "2", "--no-memory", "--captum-batch", "4", "--threads", "1"]
-    assert _bench().main(argv) == 0
+    assert _bench().main([*argv, "--roofline", "--clock", "cpu"]) == 0
     out = capsys.readouterr().out
     table = [line.split() for line in out.splitlines() if line.startswith("llama-smoke")]
     impls = {(row[1], row[2]) for row in table}
@@ -23,6 +23,13 @@ def test_benchmark_smoke_all_implementations_agree(capsys):
         ("per_layer", name) for name in ("engine", "engine-igonly", "engine-noprefix", "captum", "plain")
     } | {("joint", name) for name in ("engine", "engine-igonly", "captum", "plain")}
     assert all(row[-1] == "ok" for row in table)
+    # the roofline block: every implementation, its counted FLOPs as in the table, and a bound no run exceeds
+    roof = [line.split() for line in out.split("roofline:")[1].splitlines() if line.startswith(("per_layer", "joint"))]
+    assert {(r[0], r[1]) for r in roof} == impls
+    gflop = {(row[1], row[2]): float(row[-5]) for row in table}
+    for method, impl, flop, share, ratio, bound in roof:
+        assert float(flop) == gflop[method, impl] and 0 < float(share) <= 100
+        assert float(bound) >= float(ratio) > 0
 
 
 def test_time_to_completeness_row_reaches_the_tolerance_both_ways(capsys):
